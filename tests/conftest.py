@@ -1,0 +1,22 @@
+"""Fixtures for every test: an isolated weights cache, no downloads, small real photo folders."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from tests.helpers import make_photo_folder
+
+
+@pytest.fixture(autouse=True)
+def _isolated_home(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> None:
+    """No test reads or writes the user's cache, and nothing is downloaded."""
+    monkeypatch.setenv("ADVSEG_HOME", str(tmp_path_factory.mktemp("advseg-home")))
+    monkeypatch.setenv("ADVSEG_OFFLINE", "1")
+
+
+@pytest.fixture
+def small_photos(tmp_path: Path) -> Path:
+    """The four real test photos (scikit-image) at 64 px, one in a subfolder."""
+    return make_photo_folder(tmp_path / "photos", 64)

@@ -1,0 +1,103 @@
+"""Weights resolution (order, hashes, downloads, errors) and run records."""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import http.server
+import json
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from advseg_cli.errors import WeightsMismatchError, WeightsNotFoundError
+from advseg_cli.runrecord import RunRecord, conflicting_options, read_record, record_path_for
+from advseg_cli.weights import WeightsSpec, advseg_home, register_weights, resolve_weights
+
+CONTENT = b"pretend these are weights" * 100
+DIGEST = hashlib.sha256(CONTENT).hexdigest()
+
+
+@pytest.fixture
+def served(tmp_path: Path) -> Iterator[str]:
+    """A file served from 127.0.0.1 (tests never touch the internet)."""
+    root = tmp_path / "www"
+    root.mkdir()
+    (root / "w.bin").write_bytes(CONTENT)
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(root))
+    handler.log_message = lambda *args: None  # type: ignore[method-assign]
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_address[1]}/w.bin"
+    server.shutdown()
+
+
+def _spec(name: str, **fields: object) -> WeightsSpec:
+    return register_weights(WeightsSpec(name=name, filename=f"{name}.bin", option="--weights",
+                                        how_to_get="get it from the test", **fields))
+
+
+def test_explicit_path_wins_over_the_cache(tmp_path: Path) -> None:
+    _spec("t-explicit", sha256=DIGEST)
+    (advseg_home()).mkdir(parents=True, exist_ok=True)
+    (advseg_home() / "t-explicit.bin").write_bytes(CONTENT)
+    mine = tmp_path / "mine.bin"
+    mine.write_bytes(b"my own fine-tuned weights")
+    resolved = resolve_weights("t-explicit", mine)
+    assert resolved.source == "explicit" and resolved.path == mine.resolve()
+    assert resolve_weights("t-explicit").source == "cache"
+
+
+def test_cached_file_with_wrong_hash_is_refused() -> None:
+    _spec("t-badhash", sha256=DIGEST)
+    advseg_home().mkdir(parents=True, exist_ok=True)
+    (advseg_home() / "t-badhash.bin").write_bytes(b"tampered")
+    with pytest.raises(WeightsMismatchError, match="sha256"):
+        resolve_weights("t-badhash")
+
+
+def test_missing_weights_error_names_file_place_and_option() -> None:
+    _spec("t-missing")
+    with pytest.raises(WeightsNotFoundError) as info:
+        resolve_weights("t-missing")
+    message = str(info.value)
+    assert "t-missing.bin" in message and str(advseg_home()) in message and "--weights" in message
+    assert "\n" not in message
+
+
+def test_download_is_verified_and_atomic(served: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("ADVSEG_OFFLINE", "0")
+    _spec("t-download", sha256=DIGEST, url=served)
+    resolved = resolve_weights("t-download")
+    assert resolved.source == "download" and resolved.path.read_bytes() == CONTENT
+    _spec("t-download-bad", sha256="0" * 64, url=served)
+    with pytest.raises(WeightsMismatchError):
+        resolve_weights("t-download-bad")
+    assert not (advseg_home() / "t-download-bad.bin").exists()  # nothing half-trusted left behind
+
+
+def test_offline_never_downloads(served: str) -> None:
+    _spec("t-offline", sha256=DIGEST, url=served)
+    with pytest.raises(WeightsNotFoundError):
+        resolve_weights("t-offline")
+
+
+def test_run_record_round_trip_and_conflicts(tmp_path: Path) -> None:
+    record = RunRecord(stage="edges", options={"size": 256, "method": "hed"})
+    record.add_failure("a.jpg", "empty file")
+    record.counts["done"] = 3
+    record.finish()
+    path = record_path_for(tmp_path)
+    record.write(path)
+    data = read_record(path)
+    assert data["counts"] == {"done": 3, "skipped": 0, "failed": 1}
+    assert data["failures"] == [{"input": "a.jpg", "reason": "empty file"}]
+    assert data["status"] == "complete" and data["ended"]
+    assert conflicting_options(data["options"], {"size": 128, "method": "hed"}, ("size", "method")) == [
+        "size: 256 -> 128"]
+    assert record_path_for(tmp_path, (1, 4)).name == "advseg-run.shard-1-of-4.json"
+    assert record_path_for(tmp_path / "maps.h5").name == "maps.h5.run.json"
+    json.loads(path.read_text())  # plain JSON a person can read
