@@ -1,0 +1,119 @@
+"""Benchmark: ``advseg edges`` (batched PyTorch HED) against OpenCV DNN one image at a time.
+
+The reference is the public scripts' way of running HED: one photo per forward pass through an
+inference engine (there Caffe / OpenCV DNN). We export *our* network to ONNX and run it with
+``cv2.dnn.readNetFromONNX``, so both sides compute the same function on the same padded inputs; both
+sides do the same decode, pad, crop, pix2pix post-processing and PNG write. One run, same machine.
+
+    python bench/bench_edges.py --count 16 --size 256 --device auto
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import cv2
+import numpy as np
+import torch
+from PIL import Image
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from advseg_cli.devices import resolve_device  # noqa: E402
+from advseg_cli.edges import (  # noqa: E402
+    HED_WEIGHTS, EdgesConfig, extract_edges, hed_probability_to_sketch, load_hed, prepare_hed_input)
+from advseg_cli.weights import resolve_weights  # noqa: E402
+from bench.machine import describe_machine  # noqa: E402
+
+PHOTOS = ("astronaut", "chelsea", "coffee", "rocket", "motorcycle_left", "hubble_deep_field")
+
+
+def make_photos(folder: Path, count: int, size: int) -> None:
+    """``count`` different size x size photos cut from scikit-image's real photos."""
+    import skimage.data
+
+    folder.mkdir(parents=True)
+    for index in range(count):
+        rgb = getattr(skimage.data, PHOTOS[index % len(PHOTOS)])()[:, :, :3]
+        image = Image.fromarray(rgb).resize((size + 8 * index, size + 8 * index), Image.BICUBIC)
+        Image.fromarray(np.asarray(image)[:size, -size:]).save(folder / f"{index:03d}.png")
+
+
+def export_onnx(model: torch.nn.Module, path: Path) -> None:
+    example = torch.rand(1, 3, 64, 64) * 255
+    torch.onnx.export(model.cpu().float(), (example,), str(path), opset_version=17, dynamo=False,
+                      input_names=["rgb"], output_names=["prob"],
+                      dynamic_axes={"rgb": {0: "n", 2: "h", 3: "w"}, "prob": {0: "n", 2: "h", 3: "w"}})
+
+
+def opencv_one_at_a_time(photos: Path, out: Path, onnx_path: Path, config: EdgesConfig) -> int:
+    """The reference loop: decode, pad, one forward per photo in OpenCV DNN, post-process, write."""
+    net = cv2.dnn.readNetFromONNX(str(onnx_path))
+    out.mkdir(parents=True, exist_ok=True)
+    files = sorted(photos.glob("*.png"))
+    for path in files:
+        rgb = cv2.cvtColor(cv2.imread(str(path)), cv2.COLOR_BGR2RGB)
+        net.setInput(prepare_hed_input(rgb, config.pad, config.max_side)[None])
+        prob = net.forward()[0, 0, config.pad:-config.pad, config.pad:-config.pad]
+        cv2.imwrite(str(out / path.name), hed_probability_to_sketch(prob, rgb.shape[:2], config))
+    return len(files)
+
+
+def timed(function, *args) -> tuple[float, object]:
+    start = time.perf_counter()
+    result = function(*args)
+    return time.perf_counter() - start, result
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--count", type=int, default=16)
+    parser.add_argument("--size", type=int, default=256, help="photo side (px); HED sees size + 2*pad")
+    parser.add_argument("--batch-size", type=int, default=4)
+    parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--device", default="auto")
+    args = parser.parse_args()
+    device = resolve_device(args.device)
+    work = Path(tempfile.mkdtemp(prefix="bench-edges-"))
+    try:
+        photos = work / "photos"
+        make_photos(photos, args.count, args.size)
+        config = EdgesConfig(size=256, batch_size=args.batch_size, workers=args.workers, device=str(device), quiet=True)
+        weights = resolve_weights(HED_WEIGHTS.name)
+        onnx_path = work / "hed.onnx"
+        export_onnx(load_hed(weights, torch.device("cpu")), onnx_path)
+
+        # Warm-up both paths (model load, allocator, OpenCV graph compile) on a small copy.
+        warm = work / "warm"
+        warm.mkdir()
+        for path in sorted(photos.glob("*.png"))[:2]:
+            shutil.copy(path, warm / path.name)
+        extract_edges(warm, work / "warm_ours", config)
+        opencv_one_at_a_time(warm, work / "warm_cv", onnx_path, config)
+
+        ours_s, summary = timed(extract_edges, photos, work / "ours", config)
+        ref_s, count = timed(opencv_one_at_a_time, photos, work / "ref", onnx_path, config)
+        agree = np.mean([
+            (np.asarray(Image.open(work / "ours" / p.name)) == np.asarray(Image.open(work / "ref" / p.name))).mean()
+            for p in sorted(photos.glob("*.png"))])
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+    print(f"Machine: {describe_machine(device)}; OpenCV {cv2.__version__} (DNN backend: default, CPU)")
+    print(f"{args.count} photos of {args.size}x{args.size} px, HED input {args.size + 256}x{args.size + 256} "
+          f"(pad 128), pix2pix post-processing to 256x256, fp32\n")
+    print("| path | device | batch | images/s | ratio |")
+    print("|---|---|---|---|---|")
+    print(f"| OpenCV DNN (ONNX of our HED), one image at a time | cpu | 1 | {count / ref_s:.2f} | 1.00 |")
+    print(f"| `advseg edges` (PyTorch, batched, {args.workers} workers) | {device.type} | {args.batch_size} | "
+          f"{summary.done / ours_s:.2f} | {ref_s / ours_s * summary.done / count:.2f} |")
+    print(f"\nIdentical sketch pixels between the two paths: {agree * 100:.3f} %")
+
+
+if __name__ == "__main__":
+    main()
