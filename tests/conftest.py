@@ -5,8 +5,13 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+import torch
 
 from tests.helpers import make_photo_folder
+
+# One intra-op thread: tests run tiny networks, where thread start-up and spinning cost more than they
+# save, and a busy 2-core machine (CI, subprocesses of other tests) would otherwise oversubscribe.
+torch.set_num_threads(1)
 
 
 @pytest.fixture(autouse=True)

@@ -1,0 +1,108 @@
+"""``advseg train``: parse and validate options, build the TrainConfig, print, call the loop."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import click
+
+from advseg_cli.models.advseg import ADVSEG_MODES, SEG_GRAD_MODES
+from advseg_cli.models.networks import GENERATOR_ARCHS, NORMS
+
+# Options that configure the model; passed on only when given, so each model keeps its own
+# defaults (lambda_seg 10 for CycleGAN and 100 for Pix2Pix, instance vs batch norm, ...).
+MODEL_OPTIONS = ("arch", "ngf", "ndf", "n_layers_d", "norm", "dropout", "gan_mode", "advseg", "lambda_seg",
+                 "seg_grad", "pool_size", "lambda_a", "lambda_b", "lambda_identity", "lambda_l1")
+
+
+def _default_workers() -> int:
+    return min(4, os.cpu_count() or 1)
+
+
+@click.command()
+@click.argument("data", type=click.Path(path_type=Path, file_okay=False), required=False)
+@click.option("--name", required=True, help="Run name: the run folder is RUNS_DIR/NAME.")
+@click.option("--runs-dir", type=click.Path(path_type=Path, file_okay=False), default=Path("runs"), show_default=True)
+@click.option("--model", type=click.Choice(["cyclegan", "pix2pix"]), default="cyclegan", show_default=True,
+              help="cyclegan: unpaired trainA/trainB; pix2pix: pairs with the same relative path.")
+@click.option("--sketches", type=click.Path(path_type=Path, file_okay=False), help="Sketch folder [default: DATA/trainA].")
+@click.option("--photos", type=click.Path(path_type=Path, file_okay=False), help="Photo folder [default: DATA/trainB].")
+@click.option("--advseg", type=click.Choice(ADVSEG_MODES), help="Segmentation discriminators: none, multi (D_M), binary, both [none].")
+@click.option("--lambda-seg", type=click.FloatRange(min=0), help="Weight of the segmentation GAN terms [10 CycleGAN, 100 Pix2Pix].")
+@click.option("--seg-grad", type=click.Choice(SEG_GRAD_MODES),
+              help="soft: differentiable maps of generated photos (the paper's loss) [default]; compat: the public code's hard maps, no gradient.")
+@click.option("--segcache", type=click.Path(path_type=Path, dir_okay=False),
+              help="Label maps of the photos (advseg segcache) [default: DATA/segmaps.h5 when it exists].")
+@click.option("--segcache-missing", type=click.Choice(["error", "skip"]), default="error", show_default=True,
+              help="What to do with photos that have no fresh map.")
+@click.option("--seg-backend", help="Segmentation backend for generated photos [default: the segcache's].")
+@click.option("--seg-weights", type=click.Path(path_type=Path), help="Weights of that backend (file or folder).")
+@click.option("--arch", type=click.Choice(GENERATOR_ARCHS), help="Generator [resnet_9blocks].")
+@click.option("--ngf", type=click.IntRange(min=1), help="Generator width [64].")
+@click.option("--ndf", type=click.IntRange(min=1), help="Discriminator width [64].")
+@click.option("--n-layers-d", type=click.IntRange(min=1), help="PatchGAN layers [3: 70x70 patches].")
+@click.option("--norm", type=click.Choice(NORMS), help="Normalisation [instance CycleGAN, batch Pix2Pix].")
+@click.option("--dropout/--no-dropout", default=None, help="Dropout in the generator [off CycleGAN, on Pix2Pix].")
+@click.option("--gan-mode", type=click.Choice(["lsgan", "vanilla"]), help="GAN loss [lsgan CycleGAN, vanilla Pix2Pix].")
+@click.option("--pool-size", type=click.IntRange(min=0), help="Image pool size [50 CycleGAN, 0 Pix2Pix].")
+@click.option("--lambda-a", type=click.FloatRange(min=0), help="CycleGAN cycle loss A [10].")
+@click.option("--lambda-b", type=click.FloatRange(min=0), help="CycleGAN cycle loss B [10].")
+@click.option("--lambda-identity", type=click.FloatRange(min=0), help="CycleGAN identity loss [0.5].")
+@click.option("--lambda-l1", type=click.FloatRange(min=0), help="Pix2Pix L1 loss [100].")
+@click.option("--load-size", type=click.IntRange(min=1), default=286, show_default=True)
+@click.option("--crop-size", type=click.IntRange(min=1), default=256, show_default=True)
+@click.option("--no-flip", is_flag=True, help="No random horizontal flips.")
+@click.option("--batch-size", type=click.IntRange(min=1), default=1, show_default=True)
+@click.option("--epochs", type=click.IntRange(min=0), default=100, show_default=True, help="Epochs at the initial rate.")
+@click.option("--epochs-decay", type=click.IntRange(min=0), default=100, show_default=True, help="Epochs of linear decay.")
+@click.option("--lr", type=click.FloatRange(min=0, min_open=True), default=2e-4, show_default=True)
+@click.option("--beta1", type=click.FloatRange(0, 1), default=0.5, show_default=True)
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
+@click.option("--precision", type=click.Choice(["fp32", "bf16", "fp16"]), default="fp32", show_default=True)
+@click.option("--channels-last", is_flag=True, help="channels-last memory format (faster convolutions on GPUs).")
+@click.option("--compile", "compile_", is_flag=True, help="torch.compile the networks.")
+@click.option("--workers", type=click.IntRange(min=0), default=_default_workers, show_default="min(4, CPUs)")
+@click.option("--max-steps", type=click.IntRange(min=0), default=0, help="Stop after this many steps (0: all epochs).")
+@click.option("--max-items", type=click.IntRange(min=0), default=0, help="Use at most this many samples per epoch.")
+@click.option("--log-every", type=click.IntRange(min=1), default=10, show_default=True)
+@click.option("--sample-every", type=click.IntRange(min=1), default=500, show_default=True)
+@click.option("--save-every", type=click.IntRange(min=1), default=1000, show_default=True)
+@click.option("--save-epoch-every", type=click.IntRange(min=1), default=5, show_default=True)
+@click.option("--resume", is_flag=True, help="Continue RUNS_DIR/NAME from its latest checkpoint (bit-exact).")
+@click.option("--init-from", type=click.Path(path_type=Path, dir_okay=False),
+              help="Start from generator weights (an advseg checkpoint or a public-code *_net_G*.pth), at step 0.")
+@click.option("--dry-run", is_flag=True, help="Print the resolved configuration as JSON and exit.")
+@click.option("--quiet", is_flag=True, help="No progress bar.")
+def train(data: Path | None, **options: Any) -> None:
+    """Train CycleGAN or Pix2Pix (+ AdvSegLoss) on sketches and photos.
+
+    DATA is a folder with trainA/ (sketches) and trainB/ (photos), as in the CycleGAN code base;
+    --sketches/--photos name the folders directly.
+    """
+    from advseg_cli.errors import AdvsegError
+    from advseg_cli.training.loop import TrainConfig, train as run_training
+
+    sketches = options.pop("sketches") or (data / "trainA" if data else None)
+    photos = options.pop("photos") or (data / "trainB" if data else None)
+    if sketches is None or photos is None:
+        raise AdvsegError("give DATA (with trainA/ and trainB/) or both --sketches and --photos")
+    model_options = {key: options.pop(key) for key in MODEL_OPTIONS}
+    model_options = {key: value for key, value in model_options.items() if value is not None}
+    segcache = options.pop("segcache")
+    if segcache is None and data is not None and (data / "segmaps.h5").exists() \
+            and model_options.get("advseg", "none") != "none":
+        segcache = data / "segmaps.h5"
+    dry_run = options.pop("dry_run")
+    config = TrainConfig(sketches=sketches, photos=photos, model_options=model_options, segcache=segcache,
+                         flip=not options.pop("no_flip"), compile=options.pop("compile_"), **options).validate()
+    if dry_run:
+        click.echo(json.dumps(config.to_json(), indent=2))
+        return
+    summary = run_training(config)
+    losses = ", ".join(f"{k.split('/')[-1]} {v:.3f}" for k, v in summary.last_losses.items()
+                       if k.startswith("loss/") and k.endswith("total"))
+    click.echo(f"train: {summary.steps} steps, epoch {summary.epoch} ({losses}) -> {summary.run_dir}")

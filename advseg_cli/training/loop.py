@@ -1,0 +1,530 @@
+"""``advseg train``: the training loop around the models of ``advseg_cli.models``.
+
+options -> ``TrainConfig`` (frozen, JSON-able, written to ``runs/NAME/config.json`` before the first
+step) -> ``train(config)``. The loop owns what the models deliberately do not: optimizers, the
+constant-then-linear learning-rate schedule, mixed precision, distributed gradient averaging,
+checkpoints, samples and metrics.
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import json
+import math
+import os
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from torch import Tensor
+from torch.utils.data import DataLoader, DistributedSampler
+
+from advseg_cli import __version__
+from advseg_cli.devices import autocast, check_precision, resolve_device
+from advseg_cli.errors import AdvsegError, IncompatibleInputError, TrainingDivergedError
+from advseg_cli.files import write_bytes_atomic
+from advseg_cli.images import write_png
+from advseg_cli.models.advseg import AdvSegModel, build_model, model_config
+from advseg_cli.progress import progress
+from advseg_cli.training.checkpoint import (
+    Position, load_checkpoint, restore_rng_states, rng_states, save_checkpoint)
+from advseg_cli.training.data import SEGCACHE_MISSING, Augmentation, SketchPhotoDataset
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainConfig:
+    """Every option of a training run, resolved. Written to config.json; checkpoints carry it too."""
+
+    name: str  # run folder name under runs_dir
+    sketches: Path  # domain A folder (trainA)
+    photos: Path  # domain B folder (trainB)
+    model: str = "cyclegan"  # cyclegan (unpaired) | pix2pix (paired: same relative paths)
+    model_options: dict[str, Any] = dataclasses.field(default_factory=dict)  # overrides of the model's defaults
+    runs_dir: Path = Path("runs")
+    segcache: Path | None = None  # HDF5 label maps of the photos (needed by --advseg multi/binary/both)
+    segcache_missing: str = "error"  # error | skip photos without a fresh map
+    seg_backend: str | None = None  # None: the backend that made the segcache
+    seg_weights: Path | None = None  # weights of the training Seg (default: the backend's own resolution)
+    load_size: int = 286  # photos and sketches are resized to load_size x load_size (bicubic)
+    crop_size: int = 256  # then randomly cropped to crop_size x crop_size
+    flip: bool = True  # random horizontal flips
+    batch_size: int = 1
+    epochs: int = 100  # epochs at the initial learning rate
+    epochs_decay: int = 100  # epochs of linear decay to 0 after them
+    lr: float = 2e-4  # Adam learning rate (generators and discriminators)
+    beta1: float = 0.5  # Adam beta1 (beta2 = 0.999)
+    seed: int = 0
+    device: str = "auto"
+    precision: str = "fp32"  # fp32 | bf16 | fp16 (autocast; fp16 uses a gradient scaler)
+    channels_last: bool = False
+    compile: bool = False  # torch.compile the networks' forward
+    workers: int = 4  # DataLoader processes
+    max_steps: int = 0  # stop after this many steps in total (0: train all epochs)
+    max_items: int = 0  # use at most this many training samples per epoch (0: all)
+    log_every: int = 10  # steps between metric rows (and NaN checks)
+    sample_every: int = 500  # steps between sample grids
+    save_every: int = 1000  # steps between latest.pt saves
+    save_epoch_every: int = 5  # epochs between epoch_NNN.pt snapshots
+    resume: bool = False  # continue runs/NAME from checkpoints/latest.pt
+    init_from: Path | None = None  # start from these generator weights (ours or public-code .pth), step 0
+    quiet: bool = False
+
+    @property
+    def run_dir(self) -> Path:
+        return Path(self.runs_dir) / self.name
+
+    @property
+    def total_epochs(self) -> int:
+        return self.epochs + self.epochs_decay
+
+    def validate(self) -> TrainConfig:
+        if self.segcache_missing not in SEGCACHE_MISSING:
+            raise AdvsegError(f"--segcache-missing: use one of {', '.join(SEGCACHE_MISSING)}")
+        if self.crop_size > self.load_size:
+            raise AdvsegError(f"--crop-size {self.crop_size} is larger than --load-size {self.load_size}")
+        if self.resume and self.init_from is not None:
+            raise AdvsegError("--resume continues a run, --init-from starts a new one from weights: pick one")
+        advseg = self.model_options.get("advseg", "none")
+        if advseg != "none" and self.segcache is None:
+            raise AdvsegError(f"--advseg {advseg} needs the photos' label maps: pass --segcache "
+                              "(made with `advseg segcache PHOTOS OUT.h5`)")
+        model_config(self.model, **self.model_options)  # validates the model options
+        return self
+
+    def to_json(self) -> dict[str, Any]:
+        def plain(value: Any) -> Any:
+            return str(value) if isinstance(value, Path) else value
+        return {key: plain(value) for key, value in dataclasses.asdict(self).items()}
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainSummary:
+    run_dir: Path
+    steps: int
+    epoch: int
+    last_losses: dict[str, float]
+
+
+# ----------------------------------------------------------------------------- distributed
+@dataclasses.dataclass(frozen=True)
+class Distributed:
+    rank: int = 0
+    world: int = 1
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+
+def setup_distributed(device_name: str) -> tuple[Distributed, torch.device]:
+    """Under torchrun (WORLD_SIZE > 1): one process per device, gloo on CPU and NCCL on CUDA."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world == 1:
+        return Distributed(), resolve_device(device_name)
+    rank, local_rank = int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0"))
+    device = resolve_device(device_name)
+    if device.type == "cuda":
+        device = torch.device("cuda", local_rank)
+        torch.cuda.set_device(device)
+    if not dist.is_initialized():
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    return Distributed(rank, world), device
+
+
+def average_gradients(parameters: list[torch.nn.Parameter], world: int) -> None:
+    """All-reduce the gradients (one flat buffer), as DistributedDataParallel does after backward.
+
+    The models call each network several times per step and freeze the discriminators during the
+    generator step, which does not fit DDP's one-forward-one-backward wrapper; averaging the same
+    gradients explicitly gives the same result and keeps every rank's parameters identical.
+    """
+    if world == 1:
+        return
+    grads = [p.grad for p in parameters if p.grad is not None]
+    if not grads:
+        return
+    flat = torch.cat([g.reshape(-1) for g in grads])
+    dist.all_reduce(flat)
+    flat /= world
+    offset = 0
+    for grad in grads:
+        grad.copy_(flat[offset:offset + grad.numel()].view_as(grad))
+        offset += grad.numel()
+
+
+def broadcast_parameters(model: torch.nn.Module, world: int) -> None:
+    """Start every rank from rank 0's weights, whatever their seeds did."""
+    if world == 1:
+        return
+    for tensor in list(model.parameters()) + list(model.buffers()):
+        dist.broadcast(tensor.data, 0)
+
+
+# ----------------------------------------------------------------------------- set-up
+def linear_decay_factor(epochs: int, epochs_decay: int) -> Any:
+    """The public code's 'linear' policy: 1 for ``epochs`` epochs, then linearly towards 0.
+
+    The scheduler's counter c starts at 0 for epoch 1: factor = 1 - max(0, c + 1 - epochs) / (epochs_decay + 1).
+    """
+    def factor(counter: int) -> float:
+        return 1.0 - max(0, counter + 1 - epochs) / float(epochs_decay + 1)
+    return factor
+
+
+def build_segmenter_for(config: TrainConfig, device: torch.device) -> Any:
+    """The training Seg: the same backend/model/weights as the segcache, so real and fake maps agree."""
+    if config.model_options.get("advseg", "none") == "none":
+        return None
+    from advseg_cli.segcache import SegmentationCache
+    from advseg_cli.segmentation.base import build_segmenter
+
+    assert config.segcache is not None
+    cache_meta = SegmentationCache(config.segcache).metadata
+    backend = config.seg_backend or cache_meta.backend
+    seg = build_segmenter(backend, config.seg_weights, device, config.precision)
+    made_with = {"backend": cache_meta.backend, "model": cache_meta.model_name, "weights": cache_meta.weights_sha256}
+    training = {"backend": seg.backend, "model": seg.model_name,
+                "weights": (seg.weights_record or {}).get("sha256")}
+    differs = [f"{key}: cache {made_with[key]!r}, training {training[key]!r}" for key in made_with
+               if made_with[key] != training[key]]
+    if differs:
+        raise IncompatibleInputError(
+            f"--segcache {config.segcache} was made with another segmentation network ({'; '.join(differs)}); "
+            "rebuild it with the training's --seg-backend/--seg-weights or train with the cache's")
+    return seg
+
+
+def make_loader(dataset: SketchPhotoDataset, config: TrainConfig, ddp: Distributed, epoch: int,
+                skip_batches: int) -> Iterator[dict[str, Any]]:
+    """The batches of one epoch, starting after ``skip_batches`` (resume), identical across resumes."""
+    sampler = DistributedSampler(dataset, num_replicas=ddp.world, rank=ddp.rank, shuffle=True,
+                                 seed=config.seed, drop_last=True)
+    sampler.set_epoch(epoch)
+    dataset.set_epoch(epoch)
+    indices = list(sampler)[skip_batches * config.batch_size:]
+    loader = DataLoader(dataset, batch_size=config.batch_size, sampler=indices, num_workers=config.workers,
+                        drop_last=True, pin_memory=torch.cuda.is_available(),
+                        persistent_workers=False)
+    return iter(loader)
+
+
+def steps_per_epoch(dataset: SketchPhotoDataset, config: TrainConfig, ddp: Distributed) -> int:
+    per_rank = len(dataset) // ddp.world
+    return per_rank // config.batch_size
+
+
+# ----------------------------------------------------------------------------- the run folder
+class RunFolder:
+    """config.json, metrics.csv, TensorBoard events, samples/ and checkpoints/ of one run."""
+
+    def __init__(self, config: TrainConfig, enabled: bool) -> None:
+        self.root = config.run_dir
+        self.enabled = enabled
+        self.checkpoints = self.root / "checkpoints"
+        self.samples = self.root / "samples"
+        self._csv_columns: list[str] | None = None
+        self._tensorboard = None
+        if enabled:
+            self.checkpoints.mkdir(parents=True, exist_ok=True)
+            self.samples.mkdir(parents=True, exist_ok=True)
+
+    def write_config(self, config: TrainConfig, extra: dict[str, Any]) -> None:
+        if self.enabled:
+            text = json.dumps({"advseg_version": __version__, **config.to_json(), **extra}, indent=2) + "\n"
+            write_bytes_atomic(self.root / "config.json", text.encode())
+
+    def log(self, step: int, epoch: int, values: dict[str, float]) -> None:
+        """One row of metrics.csv (and the same scalars as TensorBoard events)."""
+        if not self.enabled:
+            return
+        path = self.root / "metrics.csv"
+        row = {"step": step, "epoch": epoch, **{k: f"{v:.8g}" for k, v in values.items()}}
+        if self._csv_columns is None:
+            self._csv_columns = list(row)
+            if not path.exists():
+                with open(path, "w", newline="") as handle:
+                    csv.writer(handle).writerow(self._csv_columns)
+        with open(path, "a", newline="") as handle:
+            csv.DictWriter(handle, self._csv_columns, extrasaction="ignore").writerow(row)
+        writer = self._tensorboard_writer()
+        if writer is not None:
+            for key, value in values.items():
+                writer.add_scalar(key, value, step)
+            writer.flush()
+
+    def _tensorboard_writer(self) -> Any:
+        if self._tensorboard is None:
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+            except ImportError:  # tensorboard is optional; metrics.csv always holds the same numbers
+                self._tensorboard = False
+                return None
+            self._tensorboard = SummaryWriter(str(self.root / "tensorboard"))
+        return self._tensorboard or None
+
+    def close(self) -> None:
+        if self._tensorboard:
+            self._tensorboard.close()
+
+
+def trim_metrics(path: Path, after_step: int) -> None:
+    """On resume, drop metric rows past the checkpoint (they will be logged again, identically)."""
+    if not path.exists():
+        return
+    with open(path, newline="") as handle:
+        rows = list(csv.reader(handle))
+    kept = [rows[0]] + [row for row in rows[1:] if row and int(row[0]) <= after_step]
+    write_bytes_atomic(path, "".join(",".join(row) + "\r\n" for row in kept).encode())
+
+
+def to_uint8_image(tensor: Tensor) -> np.ndarray:
+    """[3,H,W] in [-1,1] -> HxWx3 uint8."""
+    array = ((tensor.detach().float().cpu().clamp(-1, 1) + 1) * 127.5).round().byte()
+    return array.permute(1, 2, 0).numpy()
+
+
+@torch.no_grad()
+def sample_grid(model: AdvSegModel, batch: dict[str, Tensor], limit: int = 4) -> np.ndarray:
+    """Rows of sketch | generated | photo (| map of the generated photo | map of the real photo)."""
+    from advseg_cli.segmentation.maps import colorize
+
+    was_training = model.training
+    model.eval()
+    real_A, real_B = batch["real_A"][:limit], batch["real_B"][:limit]
+    fake_B = model.photo_generator(real_A)
+    model.train(was_training)
+    rows = []
+    for index in range(real_A.shape[0]):
+        cells = [to_uint8_image(real_A[index]), to_uint8_image(fake_B[index]), to_uint8_image(real_B[index])]
+        if model.seg is not None:
+            fake_labels = model.seg.hard_labels(fake_B[index:index + 1].float())[0].cpu().numpy()
+            cells.append(colorize(fake_labels))
+            if "real_B_labels" in batch:
+                cells.append(colorize(batch["real_B_labels"][index].cpu().numpy()))
+        rows.append(np.concatenate(cells, axis=1))
+    return np.concatenate(rows, axis=0)
+
+
+# ----------------------------------------------------------------------------- the loop
+def _to_device(batch: dict[str, Any], device: torch.device, channels_last: bool) -> dict[str, Any]:
+    moved = {}
+    for key, value in batch.items():
+        if isinstance(value, Tensor):
+            value = value.to(device, non_blocking=True)
+            if channels_last and value.dim() == 4:
+                value = value.contiguous(memory_format=torch.channels_last)
+        moved[key] = value
+    return moved
+
+
+class Trainer:
+    """One training run; ``run()`` trains until the last epoch or ``max_steps``."""
+
+    def __init__(self, config: TrainConfig) -> None:
+        self.config = config.validate()
+        self.ddp, self.device = setup_distributed(config.device)
+        check_precision(config.precision, self.device)
+        torch.manual_seed(config.seed)
+        self.dataset = SketchPhotoDataset(
+            config.sketches, config.photos, paired=config.model == "pix2pix",
+            aug=Augmentation(config.load_size, config.crop_size, config.flip), seed=config.seed,
+            segcache=config.segcache, segcache_missing=config.segcache_missing, max_items=config.max_items or None)
+        self.steps_per_epoch = steps_per_epoch(self.dataset, config, self.ddp)
+        if self.steps_per_epoch == 0:
+            raise AdvsegError(f"--batch-size {config.batch_size}: larger than the {len(self.dataset)} training "
+                              f"samples per process; use a smaller batch")
+        seg = build_segmenter_for(config, self.device)
+        self.model = build_model(config.model, model_config(config.model, **config.model_options), seg,
+                                 pool_seed=config.seed * 1000 + self.ddp.rank).to(self.device)
+        if config.channels_last:
+            self.model = self.model.to(memory_format=torch.channels_last)
+        broadcast_parameters(self.model, self.ddp.world)
+        betas = (config.beta1, 0.999)
+        self.opt_G = torch.optim.Adam(self.model.generator_parameters(), lr=config.lr, betas=betas)
+        self.opt_D = torch.optim.Adam(self.model.discriminator_parameters(), lr=config.lr, betas=betas)
+        decay = linear_decay_factor(config.epochs, config.epochs_decay)
+        self.sched_G = torch.optim.lr_scheduler.LambdaLR(self.opt_G, decay)
+        self.sched_D = torch.optim.lr_scheduler.LambdaLR(self.opt_D, decay)
+        self.scaler = torch.amp.GradScaler(self.device.type, enabled=config.precision == "fp16")
+        self.position = Position()
+        self.folder = RunFolder(config, enabled=self.ddp.is_main)
+        self.last_good: Path | None = None
+        self._prepare_start()
+        if config.compile:
+            for network in self.model.generator_modules() + self.model.discriminator_modules():
+                network.forward = torch.compile(network.forward)
+
+    # -- start: fresh, resumed or initialised from weights
+    def _prepare_start(self) -> None:
+        config, latest = self.config, self.config.run_dir / "checkpoints" / "latest.pt"
+        if config.resume:
+            if not latest.exists():
+                raise AdvsegError(f"--resume: {latest} does not exist; start the run without --resume")
+            self._restore(load_checkpoint(latest))
+            self.last_good = latest
+            if self.ddp.is_main:
+                trim_metrics(config.run_dir / "metrics.csv", self.position.step)
+            return
+        if latest.exists():
+            raise AdvsegError(f"{config.run_dir} already holds a run; continue it with --resume or choose another --name")
+        if config.init_from is not None:
+            self._initialise_generators(config.init_from)
+        self.folder.write_config(config, {"model_config": dataclasses.asdict(self.model.config),
+                                          "steps_per_epoch": self.steps_per_epoch, "world_size": self.ddp.world,
+                                          "segmenter": self.model.seg.describe() if self.model.seg else None})
+
+    def _initialise_generators(self, path: Path) -> None:
+        """Weights only (ours or a public-code generator), starting at step 0 with fresh optimizers."""
+        from advseg_cli.models.public_checkpoints import load_public_generator
+
+        generator = self.model.photo_generator
+        try:
+            payload = load_checkpoint(path)
+        except AdvsegError:
+            load_public_generator(Path(path), generator)  # raises a clear error for other files
+            return
+        prefix = self.model.generator_names[0] + "."
+        state = {k[len(prefix):]: v for k, v in payload["model"].items() if k.startswith(prefix)}
+        generator.load_state_dict(state)
+
+    def _restore(self, payload: dict[str, Any]) -> None:
+        if payload["model_name"] != self.config.model:
+            raise AdvsegError(f"--resume: the checkpoint is a {payload['model_name']} run, not {self.config.model}")
+        if payload["model_config"] != dataclasses.asdict(self.model.config):
+            raise AdvsegError("--resume: the model options differ from the checkpoint's; resume with the same options")
+        self.model.load_state_dict(payload["model"])
+        self.model.load_pools_state_dict(payload["pools"])
+        self.opt_G.load_state_dict(payload["optimizers"]["G"])
+        self.opt_D.load_state_dict(payload["optimizers"]["D"])
+        self.sched_G.load_state_dict(payload["schedulers"]["G"])
+        self.sched_D.load_state_dict(payload["schedulers"]["D"])
+        self.scaler.load_state_dict(payload["scaler"])
+        restore_rng_states(payload["rng"], self.device)
+        self.position = Position(**payload["position"])
+
+    def _payload(self) -> dict[str, Any]:
+        return {
+            "model_name": self.config.model,
+            "model_config": dataclasses.asdict(self.model.config),
+            "train_config": self.config.to_json(),
+            "model": self.model.state_dict(),
+            "pools": self.model.pools_state_dict(),
+            "optimizers": {"G": self.opt_G.state_dict(), "D": self.opt_D.state_dict()},
+            "schedulers": {"G": self.sched_G.state_dict(), "D": self.sched_D.state_dict()},
+            "scaler": self.scaler.state_dict(),
+            "rng": rng_states(self.device),
+            "position": dataclasses.asdict(self.position),
+        }
+
+    def save(self, epoch_snapshot: bool = False) -> None:
+        if not self.ddp.is_main:
+            return
+        payload = self._payload()
+        latest = self.folder.checkpoints / "latest.pt"
+        save_checkpoint(latest, payload)
+        self.last_good = latest
+        if epoch_snapshot:
+            save_checkpoint(self.folder.checkpoints / f"epoch_{self.position.epoch - 1:03d}.pt", payload)
+
+    # -- one step
+    def step(self, batch: dict[str, Any]) -> dict[str, Tensor]:
+        """Generators, then discriminators, on the same generated images (the public code's order)."""
+        model, device, precision = self.model, self.device, self.config.precision
+        with autocast(device, precision):
+            fakes = model.translate(batch)
+            g = model.generator_losses(batch, fakes)
+        self.opt_G.zero_grad(set_to_none=True)
+        self.scaler.scale(g["total"]).backward()
+        average_gradients(model.generator_parameters(), self.ddp.world)
+        self.scaler.step(self.opt_G)
+        with autocast(device, precision):
+            d = model.discriminator_losses(batch, fakes)
+        self.opt_D.zero_grad(set_to_none=True)
+        self.scaler.scale(d["total"]).backward()
+        average_gradients(model.discriminator_parameters(), self.ddp.world)
+        self.scaler.step(self.opt_D)
+        self.scaler.update()
+        terms = {f"loss/{k}": v.detach() for k, v in g.items() if k != "total"}
+        terms.update({f"loss/{k}": v.detach() for k, v in d.items() if k != "total"})
+        terms["loss/G_total"], terms["loss/D_total"] = g["total"].detach(), d["total"].detach()
+        return terms
+
+    def _check_finite(self, values: dict[str, float]) -> None:
+        bad = [k for k, v in values.items() if not math.isfinite(v)]
+        if bad:
+            where = f"the last good checkpoint is {self.last_good}" if self.last_good else "no checkpoint was saved yet"
+            raise TrainingDivergedError(f"step {self.position.step}: {', '.join(bad)} became non-finite; "
+                                        f"training stopped, {where}")
+
+    def run(self) -> TrainSummary:
+        config, total_steps = self.config, self.steps_per_epoch * self.config.total_epochs
+        if config.max_steps:
+            total_steps = min(total_steps, config.max_steps)
+        self.model.train()
+        last: dict[str, float] = {}
+        pending: list[dict[str, Tensor]] = []
+        batch: dict[str, Any] | None = None
+        timer = time.perf_counter()
+        with progress(total=total_steps, desc=f"train {config.name}", quiet=config.quiet or not self.ddp.is_main,
+                      unit="step") as bar:
+            bar.update(self.position.step)
+            while self.position.epoch <= config.total_epochs and self.position.step < total_steps:
+                epoch = self.position.epoch
+                for batch in make_loader(self.dataset, config, self.ddp, epoch, self.position.batch):
+                    batch = _to_device(batch, self.device, config.channels_last)
+                    pending.append(self.step(batch))
+                    self.position = Position(self.position.step + 1, epoch, self.position.batch + 1)
+                    bar.update(1)
+                    step = self.position.step
+                    if step % config.log_every == 0 or step == total_steps:
+                        last = self._log(pending, time.perf_counter() - timer)
+                        pending, timer = [], time.perf_counter()
+                        bar.set_postfix({k.split("/")[-1]: f"{v:.3g}" for k, v in last.items()
+                                         if k in ("loss/G_total", "loss/D_total")})
+                    if self.ddp.is_main and step % config.sample_every == 0:
+                        write_png(self.folder.samples / f"step_{step:07d}.png", sample_grid(self.model, batch))
+                    if step % config.save_every == 0 or step == total_steps:
+                        last = self._log(pending, time.perf_counter() - timer) if pending else last
+                        pending, timer = [], time.perf_counter()
+                        self.save()
+                    if step >= total_steps:
+                        break
+                else:
+                    self._end_epoch(epoch)
+                    continue
+                break
+            if self.ddp.is_main and batch is not None and self.position.step % config.sample_every != 0:
+                write_png(self.folder.samples / f"step_{self.position.step:07d}.png", sample_grid(self.model, batch))
+        self.folder.close()
+        return TrainSummary(config.run_dir, self.position.step, self.position.epoch, last)
+
+    def _end_epoch(self, epoch: int) -> None:
+        self.sched_G.step()
+        self.sched_D.step()
+        self.position = Position(self.position.step, epoch + 1, 0)
+        snapshot = epoch % self.config.save_epoch_every == 0 or epoch == self.config.total_epochs
+        if snapshot:
+            self.save(epoch_snapshot=True)
+
+    def _log(self, pending: list[dict[str, Tensor]], seconds: float) -> dict[str, float]:
+        """Average the pending steps' losses (one device sync), check them, write one metrics row."""
+        if not pending:
+            return {}
+        keys = list(pending[0])
+        stacked = torch.stack([torch.stack([step[k].float() for k in keys]) for step in pending]).mean(0)
+        values = dict(zip(keys, stacked.tolist()))
+        self._check_finite(values)
+        values["lr"] = self.opt_G.param_groups[0]["lr"]
+        values["time/seconds_per_step"] = seconds / len(pending)
+        self.folder.log(self.position.step, self.position.epoch, values)
+        return values
+
+
+def train(config: TrainConfig) -> TrainSummary:
+    """Train (or resume) one run; returns where it stands."""
+    return Trainer(config).run()

@@ -1,0 +1,25 @@
+"""Run under torchrun by test_training.py: train a few steps, save this rank's parameters."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import torch
+
+from advseg_cli.training.loop import Trainer
+from tests.training.test_training import tiny_config
+
+
+def main() -> None:
+    data, out = Path(sys.argv[1]), Path(sys.argv[2])
+    trainer = Trainer(tiny_config(data, out / "runs", name="ddp", max_steps=3, workers=0))
+    trainer.run()
+    rank = int(os.environ["RANK"])
+    torch.save({k: v.detach().cpu() for k, v in trainer.model.named_parameters()}, out / f"rank{rank}.pt")
+    torch.save(trainer.steps_per_epoch, out / f"spe{rank}.pt")
+
+
+if __name__ == "__main__":
+    main()

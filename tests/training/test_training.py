@@ -1,0 +1,154 @@
+"""The training loop: run folder, exact resume, seeds, NaN handling, DDP (tiny networks, CPU)."""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from advseg_cli.errors import AdvsegError, TrainingDivergedError
+from advseg_cli.training.checkpoint import load_checkpoint
+from advseg_cli.training.loop import TrainConfig, Trainer, linear_decay_factor, train
+from hed import canny
+from tests.helpers import PHOTO_NAMES, REPO, invoke_advseg, photo
+
+TINY_MODEL = {"ngf": 4, "ndf": 4, "arch": "resnet_6blocks"}
+
+
+def make_dataset(root: Path, size: int = 40) -> Path:
+    """trainA: Canny sketches of the real photos; trainB: the photos (same relative paths)."""
+    (root / "trainA").mkdir(parents=True)
+    (root / "trainB").mkdir(parents=True)
+    for index, name in enumerate(PHOTO_NAMES * 2):
+        rgb = np.roll(photo(name, size)[:size, :size], index * 5, axis=1)
+        Image.fromarray(rgb).save(root / "trainB" / f"{index}.png")
+        Image.fromarray(canny(rgb)).save(root / "trainA" / f"{index}.png")
+    return root
+
+
+def tiny_config(data: Path, runs: Path, **changes: object) -> TrainConfig:
+    model_options = {**TINY_MODEL, **changes.pop("model_options", {})}  # type: ignore[dict-item]
+    base = TrainConfig(name="run", sketches=data / "trainA", photos=data / "trainB", runs_dir=runs,
+                       model_options=model_options, load_size=36, crop_size=32, epochs=2, epochs_decay=2,
+                       workers=0, log_every=1, sample_every=4, save_every=100, quiet=True, device="cpu")
+    return dataclasses.replace(base, **changes)
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return make_dataset(tmp_path_factory.mktemp("data"))
+
+
+def losses(run_dir: Path) -> list[dict[str, float]]:
+    """The loss columns of metrics.csv (timings differ between runs, losses must not)."""
+    with open(run_dir / "metrics.csv", newline="") as handle:
+        return [{k: float(v) for k, v in row.items() if k.startswith("loss/") or k in ("step", "lr")}
+                for row in csv.DictReader(handle)]
+
+
+@pytest.mark.parametrize("model", ["cyclegan", "pix2pix"])
+def test_a_short_run_writes_the_whole_run_folder(data: Path, tmp_path: Path, model: str) -> None:
+    summary = train(tiny_config(data, tmp_path, model=model, max_steps=5))
+    run = summary.run_dir
+    assert summary.steps == 5
+    assert (run / "config.json").exists() and (run / "checkpoints" / "latest.pt").exists()
+    rows = losses(run)
+    assert [row["step"] for row in rows] == [1, 2, 3, 4, 5]
+    assert all(np.isfinite(list(row.values())).all() for row in rows)
+    expected = {"cyclegan": {"loss/G_A", "loss/cycle_A", "loss/idt_A", "loss/D_A", "loss/D_B"},
+                "pix2pix": {"loss/G_GAN", "loss/G_L1", "loss/D"}}[model]
+    assert expected <= set(rows[0])
+    grid = np.asarray(Image.open(run / "samples" / "step_0000004.png"))
+    assert grid.shape == (32, 3 * 32, 3)  # sketch | generated | photo, one row per image
+    payload = load_checkpoint(run / "checkpoints" / "latest.pt")
+    assert payload["position"]["step"] == 5 and {"G", "D"} <= set(payload["optimizers"])
+
+
+def test_resume_equals_an_uninterrupted_run(data: Path, tmp_path: Path) -> None:
+    whole = train(tiny_config(data, tmp_path / "a", max_steps=12))  # crosses epoch boundaries (8 steps/epoch)
+    train(tiny_config(data, tmp_path / "b", max_steps=5))
+    resumed = train(tiny_config(data, tmp_path / "b", max_steps=12, resume=True))
+    assert resumed.steps == 12
+    assert losses(whole.run_dir) == losses(resumed.run_dir)  # bit-exact: same float strings
+    a = load_checkpoint(whole.run_dir / "checkpoints" / "latest.pt")["model"]
+    b = load_checkpoint(resumed.run_dir / "checkpoints" / "latest.pt")["model"]
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_same_seed_same_losses_other_seed_other_losses(data: Path, tmp_path: Path) -> None:
+    one = losses(train(tiny_config(data, tmp_path / "1", max_steps=3, model="pix2pix")).run_dir)
+    two = losses(train(tiny_config(data, tmp_path / "2", max_steps=3, model="pix2pix")).run_dir)
+    other = losses(train(tiny_config(data, tmp_path / "3", max_steps=3, model="pix2pix", seed=1)).run_dir)
+    assert one == two and one != other
+
+
+def test_generator_loss_falls_on_real_photos(data: Path, tmp_path: Path) -> None:
+    """Pix2Pix's L1 term must clearly drop within a few epochs of 4 real photo pairs."""
+    run = train(tiny_config(data, tmp_path, model="pix2pix", max_steps=160, epochs=40, epochs_decay=0, max_items=4,
+                            load_size=32, flip=False, lr=1e-3, model_options={"ngf": 8})).run_dir
+    l1 = [row["loss/G_L1"] for row in losses(run)]
+    assert np.mean(l1[-16:]) < 0.7 * np.mean(l1[:16])  # measured: 40.7 -> 20.3
+
+
+def test_nan_loss_stops_with_the_step_and_keeps_the_last_good_checkpoint(data: Path, tmp_path: Path,
+                                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    trainer = Trainer(tiny_config(data, tmp_path, max_steps=10, save_every=2))
+    original = trainer.model.generator_losses
+
+    def poisoned(batch, fakes=None, **kwargs):  # from step 5 on, the generator's loss is NaN
+        terms = original(batch, fakes, **kwargs)
+        if trainer.position.step >= 4:
+            terms["G_A"] = terms["G_A"] * float("nan")
+        return terms
+
+    monkeypatch.setattr(trainer.model, "generator_losses", poisoned)
+    with pytest.raises(TrainingDivergedError, match="step 5: loss/G_A"):
+        trainer.run()
+    payload = load_checkpoint(tmp_path / "run" / "checkpoints" / "latest.pt")
+    assert payload["position"]["step"] == 4
+    assert all(torch.isfinite(v).all() for v in payload["model"].values() if v.is_floating_point())
+
+
+def test_learning_rate_schedule_is_the_public_linear_policy() -> None:
+    factor = linear_decay_factor(100, 100)
+    assert factor(0) == 1.0 and factor(99) == 1.0  # epochs 1..100
+    assert factor(100) == pytest.approx(1 - 1 / 101) and factor(199) == pytest.approx(1 / 101)
+
+
+def test_an_existing_run_is_not_overwritten_and_resume_needs_one(data: Path, tmp_path: Path) -> None:
+    train(tiny_config(data, tmp_path, max_steps=1))
+    with pytest.raises(AdvsegError, match="--resume"):
+        Trainer(tiny_config(data, tmp_path, max_steps=1))
+    with pytest.raises(AdvsegError, match="does not exist"):
+        Trainer(tiny_config(data, tmp_path, name="other", resume=True))
+
+
+def test_cli_dry_run_prints_the_papers_defaults(data: Path) -> None:
+    result = invoke_advseg("train", str(data), "--name", "x", "--dry-run")
+    assert result.returncode == 0, result.stderr
+    import json
+    config = json.loads(result.stdout)
+    assert config["load_size"] == 286 and config["crop_size"] == 256 and config["lr"] == 2e-4
+    assert config["epochs"] == 100 and config["epochs_decay"] == 100 and config["batch_size"] == 1
+    missing = invoke_advseg("train", str(data), "--name", "x", "--advseg", "multi")
+    assert missing.returncode == 2 and "--segcache" in missing.stderr
+
+
+def test_two_process_ddp_keeps_parameters_identical(data: Path, tmp_path: Path) -> None:
+    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
+    result = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", str(REPO / "tests" / "training" / "ddp_worker.py"),
+                             str(data), str(tmp_path)], cwd=REPO, env=env, capture_output=True, text=True,
+                            timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    zero, one = torch.load(tmp_path / "rank0.pt"), torch.load(tmp_path / "rank1.pt")
+    assert zero.keys() == one.keys()
+    assert all(torch.equal(zero[k], one[k]) for k in zero)
+    assert torch.load(tmp_path / "spe0.pt") == 4  # each rank took half of the 8 samples
