@@ -30,10 +30,14 @@ setup(
         "h5py>=3.8",
         "tqdm>=4.64",
         "pillow>=10.0",
+        "transformers>=5.0",
+        "pytorch-fid==0.3.0",
+        "tensorboard>=2.15",
     ],
     extras_require={
         "test": ["pytest>=8", "onnx>=1.15"],
         "bench": ["onnx>=1.15"],
+        # detectron2 (the paper's Panoptic FPN) is not on PyPI: see its installation guide.
     },
     entry_points={"console_scripts": ["advseg=advseg_cli.cli:main"]},
 )

@@ -201,15 +201,15 @@ def load_hed(weights: ResolvedWeights, device: torch.device) -> HED:
         raise AdvsegError(f"--weights: {exc}") from None
     model = HED()
     model.load_state_dict(state)
-    return model.eval().requires_grad_(False).to(device)
+    # channels-last is the fast convolution layout for oneDNN (CPU, ~1.4x here) and cuDNN alike.
+    return model.eval().requires_grad_(False).to(device, memory_format=torch.channels_last)
 
 
 @torch.inference_mode()
 def run_hed(model: HED, batch: list[np.ndarray], device: torch.device, precision: str, pad: int) -> list[np.ndarray]:
     """Equal-sized padded inputs -> fused probabilities of the photo area (padding cropped off)."""
     tensor = torch.from_numpy(np.stack(batch)).to(device, non_blocking=True)
-    if device.type == "cuda":
-        tensor = tensor.contiguous(memory_format=torch.channels_last)
+    tensor = tensor.contiguous(memory_format=torch.channels_last)
     with autocast(device, precision):
         prob = model(tensor)
     prob = prob.float()[:, 0]
