@@ -95,9 +95,11 @@ def edges(photos: Path, out: Path, **options: Any) -> None:
 
 def _register_stage_commands() -> None:
     """Stage commands live in their own modules; importing them is cheap (work modules load lazily)."""
+    from advseg_cli.commands.colorize import colorize
     from advseg_cli.commands.train import train
 
     main.add_command(train)
+    main.add_command(colorize)
 
 
 _register_stage_commands()

@@ -24,6 +24,7 @@ from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from advseg_cli.demo import sample_photo  # noqa: E402
 from advseg_cli.devices import resolve_device  # noqa: E402
 from advseg_cli.edges import (  # noqa: E402
     HED_WEIGHTS, EdgesConfig, extract_edges, hed_probability_to_sketch, load_hed, prepare_hed_input)
@@ -35,11 +36,9 @@ PHOTOS = ("astronaut", "chelsea", "coffee", "rocket", "motorcycle_left", "hubble
 
 def make_photos(folder: Path, count: int, size: int) -> None:
     """``count`` different size x size photos cut from scikit-image's real photos."""
-    import skimage.data
-
     folder.mkdir(parents=True)
     for index in range(count):
-        rgb = getattr(skimage.data, PHOTOS[index % len(PHOTOS)])()[:, :, :3]
+        rgb = sample_photo(PHOTOS[index % len(PHOTOS)])
         image = Image.fromarray(rgb).resize((size + 8 * index, size + 8 * index), Image.BICUBIC)
         Image.fromarray(np.asarray(image)[:size, -size:]).save(folder / f"{index:03d}.png")
 
