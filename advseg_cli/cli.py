@@ -96,10 +96,12 @@ def edges(photos: Path, out: Path, **options: Any) -> None:
 def _register_stage_commands() -> None:
     """Stage commands live in their own modules; importing them is cheap (work modules load lazily)."""
     from advseg_cli.commands.colorize import colorize
+    from advseg_cli.commands.fid import fid
+    from advseg_cli.commands.segcache import segcache
     from advseg_cli.commands.train import train
 
-    main.add_command(train)
-    main.add_command(colorize)
+    for command in (segcache, train, colorize, fid):
+        main.add_command(command)
 
 
 _register_stage_commands()
