@@ -32,8 +32,11 @@ test: install ## Run the test suite (offline, CPU)
 demo: install ## Run the chain on shipped sample photos (offline, CPU, minutes)
 	$(PY) -m advseg_cli.demo $(OUT)
 
-bench: install ## Run the benchmarks in bench/ and print their tables
+bench: install ## Run the benchmarks in bench/ and print their tables (see docs/benchmarks.md)
 	$(PY) bench/bench_edges.py
+	$(PY) bench/bench_segcache.py
+	$(PY) bench/bench_train.py
+	$(PY) bench/bench_fid.py
 
 clean: ## Remove the virtual environment and demo outputs
 	rm -rf $(VENV) $(OUT) *.egg-info

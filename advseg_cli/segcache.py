@@ -725,7 +725,8 @@ def _plan(photos: Path, keys: list[str], policy: ResizePolicy, todo_keys: set[st
 
 def _record_options(config: SegcacheConfig, photos: Path, metadata: CacheMetadata) -> dict[str, Any]:
     options = {k: (str(v) if isinstance(v, Path) else v) for k, v in dataclasses.asdict(config).items()}
-    options.update(photos=str(photos.resolve()), backend=metadata.backend, resize_policy=metadata.resize_policy.to_json(),
+    options.update(photos=str(photos.resolve()), backend=metadata.backend,
+                   resize_policy=metadata.resize_policy.to_json(),
                    model_name=metadata.model_name, weights_sha256=metadata.weights_sha256,
                    thresholds=metadata.thresholds)
     return options
@@ -843,7 +844,10 @@ def segment_batch(segmenter: Segmenter, photos: list[np.ndarray]) -> list[np.nda
     if tuple(labels.shape) != expected or labels.dtype != torch.uint8:
         raise RuntimeError(f"{segmenter.backend}: hard_labels returned {labels.dtype}{tuple(labels.shape)}, "
                            f"expected uint8{expected}")
-    return list(labels.cpu().numpy())
+    labels = labels.cpu().numpy()
+    if labels.size and int(labels.max()) >= NUM_CLASSES:  # a backend bug must not reach the cache
+        raise RuntimeError(f"{segmenter.backend}: hard_labels returned label {int(labels.max())} outside the layout")
+    return list(labels)
 
 
 # ============================================================================ info

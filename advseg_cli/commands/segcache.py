@@ -18,9 +18,6 @@ import click
 
 from advseg_cli.errors import AdvsegError
 
-SUBCOMMANDS = ("build", "info", "verify", "preview", "merge")
-
-
 class _BuildByDefault(click.Group):
     """A group whose first argument, when it is no subcommand name, belongs to ``build``."""
 
@@ -55,7 +52,7 @@ def segcache() -> None:
 
 @segcache.command("build")
 @click.argument("photos", type=click.Path(path_type=Path, file_okay=False))
-@click.argument("out", type=click.Path(path_type=Path, dir_okay=False))
+@click.argument("out", metavar="OUT.h5", type=click.Path(path_type=Path, dir_okay=False))
 @click.option("--backend", default="panoptic-fpn", metavar="panoptic-fpn|mask2former",
               help="Segmentation network: panoptic-fpn (the paper's detectron2 Panoptic FPN R50 3x; "
                    "needs detectron2) or mask2former (Hugging Face transformers).")

@@ -82,7 +82,8 @@ def test_changed_photo_is_stale_and_only_it_is_redone(crops: Path, tmp_path: Pat
     assert json.loads(summary.record.read_text())["extra"]["stale"] == ["crop_01.jpg"]
     after, attrs_after = all_maps(out), entry_attrs(out)
     assert not np.array_equal(after["crop_01.jpg"], before["crop_01.jpg"])
-    assert attrs_after[entry_name("crop_01.jpg")]["source_sha256"] != attrs_before[entry_name("crop_01.jpg")]["source_sha256"]
+    name = entry_name("crop_01.jpg")
+    assert attrs_after[name]["source_sha256"] != attrs_before[name]["source_sha256"]
     for key in before.keys() - {"crop_01.jpg"}:
         np.testing.assert_array_equal(after[key], before[key])
         assert attrs_after[entry_name(key)] == attrs_before[entry_name(key)]

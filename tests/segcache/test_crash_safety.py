@@ -11,7 +11,6 @@ from __future__ import annotations
 import contextlib
 import os
 import random
-import signal
 import subprocess
 import sys
 import time
@@ -27,11 +26,12 @@ from tests.segcache.conftest import make_crops
 PHOTOS = 30
 DELAY = 0.05  # seconds per image inside the test segmenter: an uninterrupted run lasts about 2 s
 
-# A fresh interpreter imports advseg once (the test-color backend registered), then forks one child
-# per round that runs the real click command; the test kills that child with SIGKILL. Forking saves
-# the import time of torch for every round; the child is a separate process all the same.
+# A fresh interpreter (the "zygote") imports advseg once, with the test-color backend registered,
+# then forks one child per round that runs the real click command, and SIGKILLs it when the test
+# says so (as its parent it kills it before reaping it, so the pid cannot belong to anything else).
+# Forking saves the import time of torch in every round; the child is a separate process all the same.
 ZYGOTE = """
-import os, sys
+import os, signal, sys
 from tests.segcache.color_segmenter import register_color_backend
 register_color_backend(delay=float(sys.argv[1]))
 import advseg_cli.segcache
@@ -50,6 +50,8 @@ for line in sys.stdin:
             os._exit(70)
         os._exit(0)
     print(pid, flush=True)
+    sys.stdin.readline()  # "kill": the child is not reaped yet, so its pid is still its own
+    os.kill(pid, signal.SIGKILL)
     _, status = os.waitpid(pid, 0)
     killed = os.WIFSIGNALED(status) and os.WTERMSIG(status) == 9
     print("killed" if killed else f"exited {os.waitstatus_to_exitcode(status)}", flush=True)
@@ -57,7 +59,7 @@ for line in sys.stdin:
 
 
 class Runner:
-    """The zygote process: ``run()`` starts a child and returns its pid; ``outcome()`` how it ended."""
+    """The zygote process: ``run()`` starts a child and returns its pid; ``kill()`` kills it."""
 
     def __init__(self, photos: Path, out: Path) -> None:
         args = [sys.executable, "-c", ZYGOTE, str(DELAY), str(photos), str(out), "--backend", "test-color",
@@ -73,12 +75,20 @@ class Runner:
         assert line.strip().isdigit(), self.process.stderr.read()
         return int(line)
 
-    def outcome(self) -> str:
+    def kill(self) -> str:
+        """SIGKILL the child (by the zygote, its parent) and say whether it was still running."""
+        self.process.stdin.write("kill\n")
+        self.process.stdin.flush()
         return self.process.stdout.readline().strip()
 
     def close(self) -> None:
+        """End the zygote (its stdin closes); kill it if it does not end, e.g. after a failed round."""
         self.process.stdin.close()
-        self.process.wait(timeout=60)
+        try:
+            self.process.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
 
 
 def wait_for_commits(out: Path, count: int, timeout: float = 30.0) -> None:
@@ -114,32 +124,32 @@ def test_kill_9_at_random_moments_leaves_a_valid_cache_that_the_next_run_complet
     chance = random.Random(20210213)
     counts, killed_running, unfinished_rounds = [], 0, 0
     runner = Runner(photos, out)
-    for round_index in range(rounds):
-        unfinished_rounds += not counts or counts[-1] < PHOTOS
-        pid = runner.run()
-        if round_index % 2 == 0:  # anywhere in the first 0.3 s: start-up, first batch, first commits
-            time.sleep(chance.uniform(0.0, 0.3))
-        else:  # a random moment after 1-2 more commits: mid-run, whatever the machine's speed
-            wait_for_commits(out, chance.randint(1, 2))
-            time.sleep(chance.uniform(0.0, 0.15))
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(pid, signal.SIGKILL)
-        outcome = runner.outcome()
-        assert outcome in ("killed", "exited 0"), outcome
-        killed_running += outcome == "killed"
-        if not out.exists():  # killed before the first commit (the empty cache)
-            counts.append(0)
-            continue
-        with SegmentationCache(out) as cache:  # opens, and is a cache of the right kind
-            assert cache.metadata.backend == "test-color"
-        got = maps_with_attrs(out)
-        for name, (labels, attrs) in got.items():
-            with h5py.File(out, "r") as handle:
-                assert check_entry(handle[ENTRIES][name]) == ""
-            np.testing.assert_array_equal(labels, expected[name][0])
-            assert attrs == expected[name][1]
-        counts.append(len(got))
-    runner.close()
+    try:
+        for round_index in range(rounds):
+            unfinished_rounds += not counts or counts[-1] < PHOTOS
+            runner.run()
+            if round_index % 2 == 0:  # anywhere in the first 0.3 s: start-up, first batch, first commits
+                time.sleep(chance.uniform(0.0, 0.3))
+            else:  # a random moment after 1-2 more commits: mid-run, whatever the machine's speed
+                wait_for_commits(out, chance.randint(1, 2))
+                time.sleep(chance.uniform(0.0, 0.15))
+            outcome = runner.kill()
+            assert outcome in ("killed", "exited 0"), outcome
+            killed_running += outcome == "killed"
+            if not out.exists():  # killed before the first commit (the empty cache)
+                counts.append(0)
+                continue
+            with SegmentationCache(out) as cache:  # opens, and is a cache of the right kind
+                assert cache.metadata.backend == "test-color"
+            got = maps_with_attrs(out)
+            for name, (labels, attrs) in got.items():
+                with h5py.File(out, "r") as handle:
+                    assert check_entry(handle[ENTRIES][name]) == ""
+                np.testing.assert_array_equal(labels, expected[name][0])
+                assert attrs == expected[name][1]
+            counts.append(len(got))
+    finally:
+        runner.close()
     print("entries after each kill:", counts, "killed while running:", killed_running)
     assert counts == sorted(counts), f"entries must never disappear: {counts}"
     assert killed_running >= unfinished_rounds - 1, "the kills must land while the run is going on"

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import h5py
@@ -88,7 +87,8 @@ def test_file_attributes_describe_the_maps(crops: Path, tmp_path: Path) -> None:
         assert json.loads(attrs["thresholds"]) == {"gray": 0.08}
         assert json.loads(attrs["resize_policy"]) == {"mode": "square", "size": 40, "max_side": 0,
                                                       "interpolation": "bicubic"}
-        assert [name.decode() if isinstance(name, bytes) else name for name in attrs["class_names"]] == list(CLASS_NAMES)
+        names = [name.decode() if isinstance(name, bytes) else name for name in attrs["class_names"]]
+        assert names == list(CLASS_NAMES)
         assert attrs["is_thing"].tolist() == [int(f) for f in IS_THING]
         assert attrs["is_stuff"].tolist() == [int(f) for f in IS_STUFF]
         dataset = handle[ENTRIES][entry_name("sub/crop_04.jpg")]
