@@ -27,9 +27,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from advseg_cli.demo import sample_photo  # noqa: E402
 from advseg_cli.devices import resolve_device  # noqa: E402
 from advseg_cli.edges import (  # noqa: E402
-    HED_WEIGHTS, EdgesConfig, extract_edges, hed_probability_to_sketch, load_hed, prepare_hed_input)
+    HED_WEIGHTS, EdgesConfig, extract_edges, hed_probability_to_sketch, prepare_hed_input)
 from advseg_cli.weights import resolve_weights  # noqa: E402
 from bench.machine import describe_machine  # noqa: E402
+from hed import HED, load_hed_weights  # noqa: E402
 
 PHOTOS = ("astronaut", "chelsea", "coffee", "rocket", "motorcycle_left", "hubble_deep_field")
 
@@ -85,7 +86,10 @@ def main() -> None:
         config = EdgesConfig(size=256, batch_size=args.batch_size, workers=args.workers, device=str(device), quiet=True)
         weights = resolve_weights(HED_WEIGHTS.name)
         onnx_path = work / "hed.onnx"
-        export_onnx(load_hed(weights, torch.device("cpu")), onnx_path)
+        state, _ = load_hed_weights(weights.path)
+        eager = HED()
+        eager.load_state_dict(state)
+        export_onnx(eager.eval(), onnx_path)
 
         # Warm-up both paths (model load, allocator, OpenCV graph compile) on a small copy.
         warm = work / "warm"

@@ -208,7 +208,7 @@ def make_loader(dataset: SketchPhotoDataset, config: TrainConfig, ddp: Distribut
     dataset.set_epoch(epoch)
     indices = list(sampler)[skip_batches * config.batch_size:]
     loader = DataLoader(dataset, batch_size=config.batch_size, sampler=indices, num_workers=config.workers,
-                        drop_last=True, pin_memory=torch.cuda.is_available(),
+                        drop_last=True, pin_memory=torch.cuda.is_available() and config.device != "cpu",
                         persistent_workers=False)
     return iter(loader)
 
