@@ -34,7 +34,7 @@ import math
 import os
 import pickle
 import urllib.parse
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -42,8 +42,9 @@ import numpy as np
 import torch
 from PIL import Image
 from torch import Tensor, nn
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import Dataset
 
+from advseg_cli.pipeline import collect_finished, iterate_items
 from advseg_cli.devices import autocast, check_precision, resolve_device
 from advseg_cli.errors import (AdvsegError, AllInputsFailedError, ImageDecodeError, IncompatibleInputError,
                                WeightsMismatchError, WeightsNotFoundError)
@@ -469,17 +470,6 @@ class _SketchDataset(Dataset):
             return index, None, exc.reason
 
 
-def _keep_as_is(item: Any) -> Any:
-    """DataLoader collate that leaves the prepared sketches alone (module level: workers pickle it)."""
-    return item
-
-
-def _iterate_loader(dataset: _SketchDataset, workers: int) -> Iterator[tuple[int, PreparedSketch | None, str]]:
-    loader = DataLoader(dataset, batch_size=None, shuffle=False, num_workers=workers, collate_fn=_keep_as_is,
-                        persistent_workers=False, prefetch_factor=4 if workers else None)
-    yield from loader
-
-
 def resolve_geometry(config: ColorizeConfig, generator: LoadedGenerator) -> Geometry:
     """--size / --load-size defaults from the checkpoint, checked against what the network accepts."""
     arch = generator.spec.arch
@@ -613,7 +603,7 @@ def _run_jobs(jobs: list[_Job], generator: LoadedGenerator, geometry: Geometry, 
                 pending.append(pool.submit(finish_result, result, item, jobs[index], keep_size, config.grid))
 
         batch: list[tuple[int, PreparedSketch]] = []
-        for index, item, reason in _iterate_loader(dataset, config.workers):
+        for index, item, reason in iterate_items(dataset, config.workers):
             if item is None:
                 record.add_failure(jobs[index].relative.as_posix(), reason)
                 bar.update(1)
@@ -623,21 +613,7 @@ def _run_jobs(jobs: list[_Job], generator: LoadedGenerator, geometry: Geometry, 
                 flush(batch)
                 batch = []
             batch.append((index, item))
-            bar.update(_collect(pending, record, block=len(pending) > 4 * config.batch_size))
+            bar.update(collect_finished(pending, record, block=len(pending) > 4 * config.batch_size))
         if batch:
             flush(batch)
-        bar.update(_collect(pending, record, block=True, wait_all=True))
-
-
-def _collect(pending: list[concurrent.futures.Future], record: RunRecord, *, block: bool,
-             wait_all: bool = False) -> int:
-    """Count finished writes (re-raising their errors); returns how many finished."""
-    if block and pending:
-        concurrent.futures.wait(pending, return_when=concurrent.futures.ALL_COMPLETED if wait_all
-                                else concurrent.futures.FIRST_COMPLETED)
-    finished = [future for future in pending if future.done()]
-    for future in finished:
-        future.result()
-        pending.remove(future)
-        record.counts["done"] += 1
-    return len(finished)
+        bar.update(collect_finished(pending, record, block=True, wait_all=True))

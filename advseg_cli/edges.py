@@ -11,7 +11,7 @@ import concurrent.futures
 import dataclasses
 import functools
 import os
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -19,8 +19,9 @@ import cv2
 import numpy as np
 import torch
 from PIL import Image
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import Dataset
 
+from advseg_cli.pipeline import collect_finished, iterate_items
 from advseg_cli.devices import autocast, check_precision, resolve_device
 from advseg_cli.errors import AdvsegError, AllInputsFailedError, ImageDecodeError, IncompatibleInputError
 from advseg_cli.files import remove_stale_temporaries
@@ -237,18 +238,6 @@ def _check_resumable(record_file: Path, options: dict[str, Any], overwrite: bool
         )
 
 
-def _keep_as_is(item: Any) -> Any:
-    """DataLoader collate that leaves NumPy arrays alone (module level so workers can pickle it)."""
-    return item
-
-
-def _iterate_loader(dataset: _PhotoDataset, workers: int) -> Iterator[tuple[int, Any, tuple[int, int], str]]:
-    loader = DataLoader(dataset, batch_size=None, shuffle=False, num_workers=workers,
-                        collate_fn=_keep_as_is, persistent_workers=False,
-                        prefetch_factor=4 if workers else None)
-    yield from loader
-
-
 def extract_edges(photos: Path, out: Path, config: EdgesConfig = EdgesConfig()) -> EdgesSummary:
     """Write one sketch per photo under ``out`` (same relative paths, .png) and the run record."""
     config.validate()
@@ -296,7 +285,7 @@ def _run_classical_jobs(jobs: list[_Job], config: EdgesConfig, record: RunRecord
     """XDoG / Canny: the whole per-image work happens in the DataLoader workers."""
     dataset = _PhotoDataset(jobs, functools.partial(classical_sketch, config=config))
     with progress(total=len(jobs), desc="edges", quiet=config.quiet) as bar:
-        for index, sketch, _hw, reason in _iterate_loader(dataset, config.workers):
+        for index, sketch, _hw, reason in iterate_items(dataset, config.workers):
             _write_or_report(jobs[index], sketch, reason, record)
             bar.update(1)
 
@@ -331,7 +320,7 @@ def _run_hed_jobs(jobs: list[_Job], config: EdgesConfig, device: torch.device,
                 pending.append(pool.submit(finish, prob, jobs[index], hw))
 
         batch: list[tuple[int, np.ndarray, tuple[int, int]]] = []
-        for index, item, hw, reason in _iterate_loader(dataset, config.workers):
+        for index, item, hw, reason in iterate_items(dataset, config.workers):
             if item is None:
                 record.add_failure(jobs[index].relative.as_posix(), reason)
                 bar.update(1)
@@ -341,21 +330,7 @@ def _run_hed_jobs(jobs: list[_Job], config: EdgesConfig, device: torch.device,
                 flush(batch)
                 batch = []
             batch.append((index, item, tuple(hw)))
-            bar.update(_collect(pending, record, block=len(pending) > 4 * config.batch_size))
+            bar.update(collect_finished(pending, record, block=len(pending) > 4 * config.batch_size))
         if batch:
             flush(batch)
-        bar.update(_collect(pending, record, block=True, wait_all=True))
-
-
-def _collect(pending: list[concurrent.futures.Future], record: RunRecord, *, block: bool,
-             wait_all: bool = False) -> int:
-    """Count finished post-processing futures (re-raising their errors); returns how many finished."""
-    if block and pending:
-        concurrent.futures.wait(pending, return_when=concurrent.futures.ALL_COMPLETED if wait_all
-                                else concurrent.futures.FIRST_COMPLETED)
-    finished = [future for future in pending if future.done()]
-    for future in finished:
-        future.result()
-        pending.remove(future)
-        record.counts["done"] += 1
-    return len(finished)
+        bar.update(collect_finished(pending, record, block=True, wait_all=True))

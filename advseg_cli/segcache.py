@@ -37,7 +37,7 @@ import os
 import re
 import shutil
 import time
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -45,9 +45,10 @@ import h5py
 import numpy as np
 import torch
 from PIL import Image
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import Dataset
 
 from advseg_cli import __version__
+from advseg_cli.pipeline import iterate_items
 from advseg_cli.devices import check_precision, resolve_device
 from advseg_cli.errors import AdvsegError, AllInputsFailedError, ImageDecodeError, IncompatibleInputError
 from advseg_cli.files import TEMP_MARKER, _writer_is_gone, sha256_file, temporary_sibling
@@ -674,11 +675,6 @@ class _PhotoDataset(Dataset):
             return index, None, (0, 0), "", exc.reason
 
 
-def _keep_as_is(item: Any) -> Any:
-    """DataLoader collate that leaves NumPy arrays alone (module level so workers can pickle it)."""
-    return item
-
-
 def _hash_photos(photos: Path, keys: Sequence[str], quiet: bool) -> dict[str, str | None]:
     """sha256 of every photo (threads: hashlib releases the GIL); None for unreadable files."""
     def one(key: str) -> str | None:
@@ -799,11 +795,6 @@ def _valid_keys(keys: list[str], record: RunRecord) -> list[str]:
     return valid
 
 
-def _iterate_loader(dataset: _PhotoDataset, workers: int) -> Iterable[tuple[int, Any, Any, str, str]]:
-    return DataLoader(dataset, batch_size=None, shuffle=False, num_workers=workers, collate_fn=_keep_as_is,
-                      prefetch_factor=4 if workers else None)
-
-
 def _segment_jobs(jobs: list[_Job], config: SegcacheConfig, segmenter: Segmenter, writer: SegcacheWriter,
                   record: RunRecord, record_file: Path) -> None:
     """Decode in workers, segment batches of equal-sized photos, write each map, commit periodically."""
@@ -823,7 +814,7 @@ def _segment_jobs(jobs: list[_Job], config: SegcacheConfig, segmenter: Segmenter
             record.write(record_file)
 
     with progress(total=len(jobs), desc="segcache", quiet=config.quiet) as bar:
-        for index, rgb, source_size, digest, reason in _iterate_loader(dataset, config.workers):
+        for index, rgb, source_size, digest, reason in iterate_items(dataset, config.workers):
             bar.update(1)
             if rgb is None:
                 record.add_failure(jobs[index].key, reason)
