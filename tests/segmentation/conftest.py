@@ -14,8 +14,7 @@ HAS_DETECTRON2 = importlib.util.find_spec("detectron2") is not None
 
 @pytest.fixture(scope="session")
 def tiny_mask2former_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    if not HAS_TRANSFORMERS:
-        pytest.skip("transformers is not installed")
+    pytest.importorskip("transformers", reason="transformers is not installed")
     from tests.segmentation.tiny_mask2former import save_tiny_mask2former
 
     return save_tiny_mask2former(tmp_path_factory.mktemp("mask2former-tiny"))

@@ -136,8 +136,7 @@ def _confident_random_network(cfg):
 
 @pytest.fixture(scope="module")
 def panoptic_fpn():
-    if not HAS_DETECTRON2:
-        pytest.skip("detectron2 is not importable")
+    pytest.importorskip("detectron2", reason="detectron2 is not importable")
     from advseg_cli.segmentation.panoptic_fpn import PanopticFPNSegmenter, panoptic_fpn_config
 
     cfg = panoptic_fpn_config(torch.device("cpu"))
