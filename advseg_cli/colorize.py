@@ -501,15 +501,6 @@ def _check_resumable(record_file: Path, options: dict[str, Any], overwrite: bool
                                      f"({'; '.join(changed)}); use another OUT folder or --overwrite")
 
 
-def _device_of_this_process(name: str) -> torch.device:
-    """``--device auto|cuda`` under torchrun: each process takes its own GPU (LOCAL_RANK), not all GPU 0."""
-    device = resolve_device(name)
-    local_rank = os.environ.get("LOCAL_RANK")
-    if device.type == "cuda" and device.index is None and local_rank is not None:
-        device = torch.device("cuda", int(local_rank) % torch.cuda.device_count())
-    return device
-
-
 def _is_done(job: _Job, grid: bool, mode: str) -> bool:
     return is_valid_png(job.target, mode) and (not grid or is_valid_png(job.sheet, "RGB"))
 
@@ -524,7 +515,7 @@ def colorize_folder(checkpoint: Path, sketches: Path, out: Path,
         raise AdvsegError(f"{sketches}: no image files found (looked for .png, .jpg, .bmp, .tif, .webp, ...)")
     if out.resolve().is_relative_to(sketches.resolve()):
         raise AdvsegError(f"OUT {out} lies inside SKETCHES {sketches}; choose an output folder outside it")
-    device = _device_of_this_process(config.device)
+    device = resolve_device(config.device)
     check_precision(config.precision, device)
     generator = load_generator(checkpoint, epoch=config.epoch, arch=config.arch, norm=config.norm,
                                dropout=config.dropout)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import os
 from collections.abc import Iterator
 
 import torch
@@ -14,10 +15,16 @@ _DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 def resolve_device(name: str) -> torch.device:
-    """Turn ``auto|cpu|cuda|cuda:N`` into a device, failing clearly when CUDA is asked for but absent."""
+    """Turn ``auto|cpu|cuda|cuda:N`` into a device, failing clearly when CUDA is asked for but absent.
+
+    Under torchrun (``LOCAL_RANK`` set), ``auto`` and ``cuda`` mean this process's own GPU, so N
+    processes of one host use N GPUs instead of all crowding onto GPU 0.
+    """
     name = name.strip().lower()
     if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    if name == "cuda" and torch.cuda.is_available() and os.environ.get("LOCAL_RANK") is not None:
+        name = f"cuda:{int(os.environ['LOCAL_RANK']) % torch.cuda.device_count()}"
     try:
         device = torch.device(name)
     except RuntimeError:

@@ -11,7 +11,6 @@ from click.testing import CliRunner, Result
 from PIL import Image
 
 from advseg_cli.cli import main
-from advseg_cli.commands.colorize import colorize as colorize_command
 from advseg_cli.images import read_rgb
 from advseg_cli.models.advseg import build_model, model_config
 from advseg_cli.models.networks import define_generator, init_weights
@@ -19,9 +18,6 @@ from advseg_cli.training.checkpoint import load_checkpoint
 from advseg_cli.training.data import Augmentation, photo_tensor
 from hed import canny
 from tests.helpers import photo
-
-if "colorize" not in main.commands:  # until the lead registers it in cli.py
-    main.add_command(colorize_command)
 
 CPU_OPTIONS = ("--device", "cpu", "--workers", "0", "--quiet")
 CPU = dict(device="cpu", workers=0, quiet=True)  # ColorizeConfig keywords

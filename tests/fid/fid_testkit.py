@@ -13,10 +13,6 @@ from click.testing import CliRunner, Result
 from PIL import Image
 
 from advseg_cli.cli import main
-from advseg_cli.commands.fid import fid as fid_command
-
-if "fid" not in main.commands:  # until the lead registers it in cli.py
-    main.add_command(fid_command)
 
 WEIGHTS_NAME = "pt_inception-2015-12-05-6726825d.pth"
 
