@@ -152,3 +152,29 @@ def test_two_process_ddp_keeps_parameters_identical(data: Path, tmp_path: Path) 
     assert zero.keys() == one.keys()
     assert all(torch.equal(zero[k], one[k]) for k in zero)
     assert torch.load(tmp_path / "spe0.pt") == 4  # each rank took half of the 8 samples
+
+
+def test_init_from_public_generator_weights_starts_a_new_run_at_step_0(data: Path, tmp_path: Path) -> None:
+    """A public-code ``*_net_G.pth`` state dict (the CycleGAN code base's ``model.N`` layout) seeds G."""
+    from advseg_cli.models.networks import define_generator, init_weights
+
+    torch.manual_seed(7)
+    public = init_weights(define_generator("resnet_6blocks", 3, 3, 4, "batch", True), "normal", 0.02)
+    path = tmp_path / "latest_net_G.pth"
+    torch.save(public.state_dict(), path)
+    trainer = Trainer(tiny_config(data, tmp_path / "runs", model="pix2pix", max_steps=1, init_from=path))
+    assert trainer.position.step == 0
+    ours = trainer.model.photo_generator.state_dict()
+    assert all(torch.equal(ours[k], v) for k, v in public.state_dict().items())
+    assert trainer.run().steps == 1
+
+
+def test_init_from_our_checkpoint_takes_only_the_generator(data: Path, tmp_path: Path) -> None:
+    first = train(tiny_config(data, tmp_path / "a", model="pix2pix", max_steps=2)).run_dir
+    trainer = Trainer(tiny_config(data, tmp_path / "b", model="pix2pix", max_steps=1,
+                                  init_from=first / "checkpoints" / "latest.pt"))
+    saved = load_checkpoint(first / "checkpoints" / "latest.pt")["model"]
+    generator = trainer.model.photo_generator.state_dict()
+    assert all(torch.equal(generator[k], saved["G." + k]) for k in generator)
+    assert not torch.equal(trainer.model.D.state_dict()["model.0.weight"], saved["D.model.0.weight"])
+    assert trainer.position.step == 0 and trainer.opt_G.state_dict()["state"] == {}
