@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 from pathlib import Path
@@ -81,10 +82,34 @@ def train(data: Path | None, **options: Any) -> None:
     """Train CycleGAN or Pix2Pix (+ AdvSegLoss) on sketches and photos.
 
     DATA is a folder with trainA/ (sketches) and trainB/ (photos), as in the CycleGAN code base;
-    --sketches/--photos name the folders directly.
+    --sketches/--photos name the folders directly. With --resume, the run's own config.json supplies
+    every option not given on this command line (so `advseg train --name NAME --resume` is enough).
     """
+    from advseg_cli.training.loop import train as run_training
+
+    dry_run = options.pop("dry_run")
+    given = _options_given_on_command_line(click.get_current_context())
+    if options["resume"]:
+        config = _resumed_config(data, options, given)
+    else:
+        config = _new_config(data, options)
+    if dry_run:
+        click.echo(json.dumps(config.to_json(), indent=2))
+        return
+    summary = run_training(config)
+    losses = ", ".join(f"{k.split('/')[-1]} {v:.3f}" for k, v in summary.last_losses.items()
+                       if k.startswith("loss/") and k.endswith("total"))
+    click.echo(f"train: {summary.steps} steps, epoch {summary.epoch} ({losses}) -> {summary.run_dir}")
+
+
+def _options_given_on_command_line(ctx: click.Context) -> set[str]:
+    return {name for name in ctx.params
+            if ctx.get_parameter_source(name) == click.core.ParameterSource.COMMANDLINE}
+
+
+def _new_config(data: Path | None, options: dict[str, Any]) -> Any:
     from advseg_cli.errors import AdvsegError
-    from advseg_cli.training.loop import TrainConfig, train as run_training
+    from advseg_cli.training.loop import TrainConfig
 
     sketches = options.pop("sketches") or (data / "trainA" if data else None)
     photos = options.pop("photos") or (data / "trainB" if data else None)
@@ -96,13 +121,47 @@ def train(data: Path | None, **options: Any) -> None:
     if segcache is None and data is not None and (data / "segmaps.h5").exists() \
             and model_options.get("advseg", "none") != "none":
         segcache = data / "segmaps.h5"
-    dry_run = options.pop("dry_run")
-    config = TrainConfig(sketches=sketches, photos=photos, model_options=model_options, segcache=segcache,
-                         flip=not options.pop("no_flip"), compile=options.pop("compile_"), **options).validate()
-    if dry_run:
-        click.echo(json.dumps(config.to_json(), indent=2))
-        return
-    summary = run_training(config)
-    losses = ", ".join(f"{k.split('/')[-1]} {v:.3f}" for k, v in summary.last_losses.items()
-                       if k.startswith("loss/") and k.endswith("total"))
-    click.echo(f"train: {summary.steps} steps, epoch {summary.epoch} ({losses}) -> {summary.run_dir}")
+    return TrainConfig(sketches=sketches, photos=photos, model_options=model_options, segcache=segcache,
+                       flip=not options.pop("no_flip"), compile=options.pop("compile_"), **options).validate()
+
+
+_PATH_FIELDS = ("sketches", "photos", "runs_dir", "segcache", "seg_weights", "init_from")
+_RESUME_MAY_CHANGE = ("max_steps", "workers", "device", "quiet", "log_every", "sample_every", "save_every",
+                      "save_epoch_every", "compile_", "channels_last")
+
+
+def _resumed_config(data: Path | None, options: dict[str, Any], given: set[str]) -> Any:
+    """The stored run's options, with the ones that may change between sessions taken from this call.
+
+    Options that define the training itself (model, data, schedule, seed, ...) cannot change on resume:
+    giving a different value is refused instead of silently continuing another experiment.
+    """
+    from advseg_cli.errors import AdvsegError
+    from advseg_cli.training.loop import TrainConfig
+
+    stored_file = Path(options["runs_dir"]) / options["name"] / "config.json"
+    if not stored_file.exists():
+        raise AdvsegError(f"--resume: {stored_file} does not exist; start the run without --resume")
+    stored = json.loads(stored_file.read_text(encoding="utf-8"))
+    fields = {f.name for f in dataclasses.fields(TrainConfig)}
+    values = {k: (Path(v) if k in _PATH_FIELDS and v is not None else v) for k, v in stored.items() if k in fields}
+    changed = sorted(name for name in given - {"resume", "name", "runs_dir", "dry_run", *_RESUME_MAY_CHANGE}
+                     if _differs(name, options, values, data))
+    if changed:
+        raise AdvsegError(f"--resume: {', '.join('--' + c.replace('_', '-') for c in changed)} differ from the "
+                          f"run's config.json; resume without them or start a new --name")
+    for name in given & set(_RESUME_MAY_CHANGE):
+        values["compile" if name == "compile_" else name] = options[name]
+    values.update(resume=True, init_from=None)
+    return TrainConfig(**values).validate()
+
+
+def _differs(name: str, options: dict[str, Any], stored: dict[str, Any], data: Path | None) -> bool:
+    if name == "data":
+        return data is not None and (Path(stored["sketches"]) != data / "trainA" or Path(stored["photos"]) != data / "trainB")
+    if name in MODEL_OPTIONS:
+        return stored["model_options"].get(name) != options[name]
+    if name == "no_flip":
+        return stored["flip"] == options[name]
+    value = options[name]
+    return (Path(value) if isinstance(value, Path) else value) != stored.get(name)

@@ -178,3 +178,16 @@ def test_init_from_our_checkpoint_takes_only_the_generator(data: Path, tmp_path:
     assert all(torch.equal(generator[k], saved["G." + k]) for k in generator)
     assert not torch.equal(trainer.model.D.state_dict()["model.0.weight"], saved["D.model.0.weight"])
     assert trainer.position.step == 0 and trainer.opt_G.state_dict()["state"] == {}
+
+
+def test_cli_resume_takes_the_runs_own_options_and_refuses_changed_ones(data: Path, tmp_path: Path) -> None:
+    runs = str(tmp_path / "runs")
+    tiny = ["--ngf", "4", "--ndf", "4", "--arch", "resnet_6blocks", "--load-size", "36", "--crop-size", "32",
+            "--workers", "0", "--device", "cpu", "--quiet", "--log-every", "1"]
+    first = invoke_advseg("train", str(data), "--name", "r", "--runs-dir", runs, "--max-steps", "2", *tiny)
+    assert first.returncode == 0, first.stderr
+    resumed = invoke_advseg("train", "--name", "r", "--runs-dir", runs, "--resume", "--max-steps", "4", "--quiet")
+    assert resumed.returncode == 0, resumed.stderr
+    assert [row["step"] for row in losses(tmp_path / "runs" / "r")] == [1, 2, 3, 4]
+    changed = invoke_advseg("train", "--name", "r", "--runs-dir", runs, "--resume", "--seed", "3")
+    assert changed.returncode == 2 and "--seed differ" in changed.stderr
