@@ -7,13 +7,40 @@ PIP := $(PY) -m pip
 STAMP := $(VENV)/.advseg-installed
 OUT ?= demo-out
 
+# --- the reproduction of the paper's FID table (make reproduce DATASET=...; make table) -------------
+DATASET ?= bedroom#        bedroom | elephant | sheep | illustration | cityscapes
+DATA_ROOT ?= datasets#     prepared datasets: DATA_ROOT/DATASET/{trainA,trainB,testA,testB,segmaps.h5}
+RUNS ?= runs#              run folders: RUNS/DATASET/COLUMN
+RESULTS ?= results#        RESULTS/DATASET/COLUMN/{colorized,fid.json}, RESULTS/DATASET.md, RESULTS/TABLE.md
+COLUMNS ?= cyclegan-none cyclegan-multi cyclegan-binary cyclegan-both pix2pix-none pix2pix-multi pix2pix-binary pix2pix-both
+GPUS ?= 1#                 >1: training runs under torchrun with this many processes
+DEVICE ?= auto#            auto | cpu | cuda | cuda:N
+PRECISION ?= fp32#         fp32 | bf16 | fp16 (training)
+EPOCHS ?= 100#             epochs at the initial learning rate (the public code: 100)
+EPOCHS_DECAY ?= 100#       epochs of linear decay (the public code: 100)
+BATCH ?= 1#                batch size per process (the public code: 1)
+LOAD ?= 286#               training resize (also the square the photos are segmented at)
+CROP ?= 256#               training crop (and the colorize size)
+SEG_BACKEND ?= panoptic-fpn# panoptic-fpn (the paper's; needs detectron2) | mask2former
+SEG_WEIGHTS ?=#            the backend's weights (file or folder) when not in ADVSEG_HOME
+SEG_GRAD ?= soft#          soft (the paper's loss reaches the generator) | compat (the public code's)
+TEST_MODE ?= deterministic# deterministic | public (the public test.py: random crop, train-mode norms)
+INCEPTION ?=#              pt_inception-2015-12-05-6726825d.pth when not in ADVSEG_HOME / torch hub
+PREPARE_ARGS ?=#           extra options of `advseg data prepare` (--source DIR, --mirror URL, --lists DIR)
+EDGES_ARGS ?=#             extra options of `advseg edges`
+TRAIN_ARGS ?=#             extra options of `advseg train` (e.g. --ngf 32 --workers 8)
+ADVSEG ?= $(VENV)/bin/advseg
+TORCHRUN ?= $(VENV)/bin/torchrun
+NEED_INSTALL ?= $(STAMP)
+
 .DEFAULT_GOAL := help
-.PHONY: help install test demo bench clean
+.PHONY: help install test demo bench clean reproduce table FORCE
 
 help: ## List the targets and the variables a user may change
 	@echo "Targets:"
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed -E 's/:.*## /\t/' | awk -F'\t' '{printf "  %-10s %s\n", $$1, $$2}'
-	@echo "Variables: VENV=$(VENV) PYTHON=$(PYTHON) OUT=$(OUT)"
+	@echo "Variables (make TARGET NAME=value):"
+	@grep -E '^[A-Z_]+ \?=' $(MAKEFILE_LIST) | sed -E 's/ \?= ?/\t/; s/#\s*/\t/' | awk -F'\t' '{printf "  %-13s %-22s %s\n", $$1, ($$2 == "" ? "(empty)" : $$2), $$3}' | cut -c1-150
 
 install: $(STAMP) ## Create $(VENV) with pinned dependencies, real HED weights and advseg itself
 
@@ -40,3 +67,54 @@ bench: install ## Run the benchmarks in bench/ and print their tables (see docs/
 
 clean: ## Remove the virtual environment and demo outputs
 	rm -rf $(VENV) $(OUT) *.egg-info
+
+# --- reproduction --------------------------------------------------------------------------------
+# Every step's target is a file the stage writes when it has finished, so an interrupted reproduction
+# resumes: a stage's run record that does not say "complete" (or whose output is gone) is redone, and
+# the stage itself skips the outputs it already made. Delete a run folder to redo just that column.
+D := $(DATA_ROOT)/$(DATASET)
+R := $(RUNS)/$(DATASET)
+OUTD := $(RESULTS)/$(DATASET)
+redo_unless_complete = $(if $(and $(wildcard $(2)),$(shell grep -qs '"status": "complete"' $(1) && echo ok)),,FORCE)
+column_model = $(word 1,$(subst -, ,$(1)))
+column_advseg = $(word 2,$(subst -, ,$(1)))
+TRAIN := $(if $(filter 1,$(GPUS)),$(ADVSEG) train,$(TORCHRUN) --nproc_per_node $(GPUS) -m advseg_cli.cli train)
+SEG_WEIGHTS_OPT := $(if $(SEG_WEIGHTS),--seg-weights $(SEG_WEIGHTS))
+
+reproduce: $(RESULTS)/$(DATASET).md ## prepare -> edges -> segcache -> 8 trainings -> colorize -> fid -> RESULTS/DATASET.md
+	@cat $<
+
+table: | $(NEED_INSTALL) ## Assemble the finished rows into RESULTS/TABLE.md, laid out like the paper's table
+	$(ADVSEG) results table --results $(RESULTS)
+
+FORCE:
+
+$(D)/advseg-data.json: | $(NEED_INSTALL)
+	$(ADVSEG) data prepare $(DATASET) $(DATA_ROOT) --steps fetch $(PREPARE_ARGS)
+
+$(D)/trainA/advseg-run.json: $(D)/advseg-data.json $(call redo_unless_complete,$(D)/trainA/advseg-run.json,$(D)/trainA)
+	$(ADVSEG) edges $(D)/trainB $(D)/trainA --device $(DEVICE) $(EDGES_ARGS)
+
+$(D)/testA/advseg-run.json: $(D)/advseg-data.json $(call redo_unless_complete,$(D)/testA/advseg-run.json,$(D)/testA)
+	$(ADVSEG) edges $(D)/testB $(D)/testA --device $(DEVICE) $(EDGES_ARGS)
+
+$(D)/segmaps.h5.run.json: $(D)/advseg-data.json $(call redo_unless_complete,$(D)/segmaps.h5.run.json,$(D)/segmaps.h5)
+	$(ADVSEG) segcache $(D)/trainB $(D)/segmaps.h5 --backend $(SEG_BACKEND) --square $(LOAD) --device $(DEVICE) \
+	  $(if $(SEG_WEIGHTS),--weights $(SEG_WEIGHTS))
+
+.SECONDEXPANSION:
+$(R)/%/advseg-run.json: $(D)/trainA/advseg-run.json $$(if $$(filter none,$$(call column_advseg,$$*)),,$(D)/segmaps.h5.run.json)
+	$(TRAIN) $(D) --name $* --runs-dir $(R) --model $(call column_model,$*) --advseg $(call column_advseg,$*) \
+	  --seg-grad $(SEG_GRAD) --epochs $(EPOCHS) --epochs-decay $(EPOCHS_DECAY) --batch-size $(BATCH) \
+	  --load-size $(LOAD) --crop-size $(CROP) --precision $(PRECISION) --device $(DEVICE) $(SEG_WEIGHTS_OPT) \
+	  --auto-resume $(TRAIN_ARGS)
+
+$(OUTD)/%/colorized/advseg-run.json: $(R)/%/advseg-run.json $(D)/testA/advseg-run.json $$(call redo_unless_complete,$$@,$$(@D))
+	$(ADVSEG) colorize $(R)/$* $(D)/testA $(OUTD)/$*/colorized --test-mode $(TEST_MODE) --device $(DEVICE)
+
+$(OUTD)/%/fid.json: $(OUTD)/%/colorized/advseg-run.json
+	$(ADVSEG) fid $(D)/testB $(OUTD)/$*/colorized --json --device $(DEVICE) $(if $(INCEPTION),--weights $(INCEPTION)) > $@.tmp
+	mv $@.tmp $@
+
+$(RESULTS)/$(DATASET).md: $(foreach column,$(COLUMNS),$(OUTD)/$(column)/fid.json)
+	$(ADVSEG) results row $(DATASET) --results $(RESULTS) --runs $(R)

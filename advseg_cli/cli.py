@@ -96,11 +96,13 @@ def edges(photos: Path, out: Path, **options: Any) -> None:
 def _register_stage_commands() -> None:
     """Stage commands live in their own modules; importing them is cheap (work modules load lazily)."""
     from advseg_cli.commands.colorize import colorize
+    from advseg_cli.commands.data import data
     from advseg_cli.commands.fid import fid
+    from advseg_cli.commands.results import results
     from advseg_cli.commands.segcache import segcache
     from advseg_cli.commands.train import train
 
-    for command in (segcache, train, colorize, fid):
+    for command in (data, segcache, train, colorize, fid, results):
         main.add_command(command)
 
 

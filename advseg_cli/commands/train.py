@@ -74,6 +74,8 @@ def _default_workers() -> int:
 @click.option("--save-every", type=click.IntRange(min=1), default=1000, show_default=True)
 @click.option("--save-epoch-every", type=click.IntRange(min=1), default=5, show_default=True)
 @click.option("--resume", is_flag=True, help="Continue RUNS_DIR/NAME from its latest checkpoint (bit-exact).")
+@click.option("--auto-resume", is_flag=True,
+              help="Resume when RUNS_DIR/NAME already has a checkpoint, else start it (for scripts and make).")
 @click.option("--init-from", type=click.Path(path_type=Path, dir_okay=False),
               help="Start from generator weights (an advseg checkpoint or a public-code *_net_G*.pth), at step 0.")
 @click.option("--dry-run", is_flag=True, help="Print the resolved configuration as JSON and exit.")
@@ -88,7 +90,10 @@ def train(data: Path | None, **options: Any) -> None:
     from advseg_cli.training.loop import train as run_training
 
     dry_run = options.pop("dry_run")
-    given = _options_given_on_command_line(click.get_current_context())
+    given = _options_given_on_command_line(click.get_current_context()) - {"auto_resume"}
+    latest = Path(options["runs_dir"]) / options["name"] / "checkpoints" / "latest.pt"
+    if options.pop("auto_resume") and latest.exists():
+        options["resume"] = True
     if options["resume"]:
         config = _resumed_config(data, options, given)
     else:

@@ -31,6 +31,7 @@ from advseg_cli.files import write_bytes_atomic
 from advseg_cli.images import write_png
 from advseg_cli.models.advseg import AdvSegModel, build_model, model_config
 from advseg_cli.progress import progress
+from advseg_cli.runrecord import FOLDER_RECORD_NAME, RunRecord
 from advseg_cli.training.checkpoint import (
     Position, load_checkpoint, restore_rng_states, rng_states, save_checkpoint)
 from advseg_cli.training.data import SEGCACHE_MISSING, Augmentation, SketchPhotoDataset
@@ -526,5 +527,20 @@ class Trainer:
 
 
 def train(config: TrainConfig) -> TrainSummary:
-    """Train (or resume) one run; returns where it stands."""
-    return Trainer(config).run()
+    """Train (or resume) one run; returns where it stands.
+
+    When the run reaches its planned end, ``RUN/advseg-run.json`` records it: its presence means the run
+    is finished (what ``make reproduce`` waits for), while checkpoints alone may belong to a stopped run.
+    """
+    record = RunRecord("train", config.to_json())
+    trainer = Trainer(config)
+    summary = trainer.run()
+    if trainer.ddp.is_main:
+        planned = trainer.steps_per_epoch * config.total_epochs
+        if config.max_steps:
+            planned = min(planned, config.max_steps)
+        record.counts = {"steps": summary.steps, "planned_steps": planned, "epoch": summary.epoch}
+        record.extra["last_losses"] = summary.last_losses
+        record.finish("complete" if summary.steps >= planned else "stopped")
+        record.write(config.run_dir / FOLDER_RECORD_NAME)
+    return summary

@@ -1,0 +1,1 @@
+"""Dataset preparation: file lists, verified downloads and the prepare pipeline."""

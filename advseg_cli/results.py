@@ -1,0 +1,155 @@
+"""The paper's FID table, and ours beside it.
+
+``make reproduce`` leaves, per dataset and column, ``RESULTS/DATASET/COLUMN/fid.json`` (``advseg fid
+--json``) and a run folder ``RUNS/DATASET/COLUMN``. ``write_row`` turns one dataset's into
+``RESULTS/DATASET.md`` (+ ``.json``) with the settings that produced each number; ``write_table``
+lays the finished rows out as the paper's table. A column we cannot produce says so instead of
+disappearing, and a column not run yet says that.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+from advseg_cli.errors import AdvsegError
+from advseg_cli.files import write_bytes_atomic
+from advseg_cli.runrecord import FOLDER_RECORD_NAME
+
+
+@dataclasses.dataclass(frozen=True)
+class Column:
+    key: str  # folder name under RUNS/DATASET and RESULTS/DATASET
+    header: str
+    model: str | None  # None: a method advseg does not implement
+    advseg: str = "none"
+
+
+COLUMNS = (
+    Column("cyclegan-none", "CycleGAN", "cyclegan"),
+    Column("cyclegan-multi", "+Multi", "cyclegan", "multi"),
+    Column("cyclegan-binary", "+Binary", "cyclegan", "binary"),
+    Column("cyclegan-both", "+Both", "cyclegan", "both"),
+    Column("autopainter", "AutoPainter", None),
+    Column("pix2pix-none", "Pix2Pix", "pix2pix"),
+    Column("pix2pix-multi", "+Multi", "pix2pix", "multi"),
+    Column("pix2pix-binary", "+Binary", "pix2pix", "binary"),
+    Column("pix2pix-both", "+Both", "pix2pix", "both"),
+)
+IMPLEMENTED = tuple(column.key for column in COLUMNS if column.model is not None)
+
+# FID (lower is better), Hicsonmez et al. ICIP 2021, Table 1; columns in COLUMNS order.
+PAPER_FID: dict[str, tuple[float, ...]] = {
+    "bedroom": (113.1, 111.7, 87.1, 93.2, 206.8, 100.5, 100.0, 95.1, 110.1),
+    "illustration": (213.6, 206.9, 204.8, 189.4, 272.0, 180.0, 176.9, 178.0, 175.7),
+    "elephant": (126.4, 103.9, 91.9, 116.9, 155.1, 83.5, 85.8, 78.8, 82.8),
+    "sheep": (209.3, 207.2, 236.1, 196.8, 233.1, 157.0, 159.9, 162.0, 150.5),
+}
+NOT_IMPLEMENTED = "not implemented"
+NOT_RUN = "not run"
+
+
+def paper_value(dataset: str, column: Column) -> float | None:
+    row = PAPER_FID.get(dataset)
+    return row[COLUMNS.index(column)] if row else None
+
+
+def _read_json(path: Path) -> dict[str, Any] | None:
+    if not path.is_file():
+        return None
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except ValueError as exc:
+        raise AdvsegError(f"{path}: unreadable ({exc}); delete it and re-run make reproduce") from None
+
+
+def column_result(dataset: str, column: Column, results: Path, runs: Path) -> dict[str, Any]:
+    """Everything the report says about one column: our FID, the paper's, and how ours was made."""
+    cell: dict[str, Any] = {"column": column.key, "header": column.header, "paper": paper_value(dataset, column)}
+    if column.model is None:
+        return {**cell, "status": NOT_IMPLEMENTED, "fid": None}
+    fid = _read_json(results / dataset / column.key / "fid.json")
+    if fid is None:
+        return {**cell, "status": NOT_RUN, "fid": None}
+    run_dir = runs / column.key
+    config = _read_json(run_dir / "config.json") or {}
+    train_record = _read_json(run_dir / FOLDER_RECORD_NAME) or {}
+    colorize_record = _read_json(results / dataset / column.key / "colorized" / FOLDER_RECORD_NAME) or {}
+    segmenter, model_config = config.get("segmenter") or {}, config.get("model_config") or {}
+    weights = fid.get("weights") or {}
+    return {**cell, "status": "done", "fid": float(fid["fid"]),
+            "run": str(run_dir), "steps": (train_record.get("counts") or {}).get("steps"),
+            "model": config.get("model"), "advseg": model_config.get("advseg", "none"),
+            "seg_grad": model_config.get("seg_grad"), "seg_backend": segmenter.get("backend"),
+            "test_mode": (colorize_record.get("options") or {}).get("test_mode"),
+            "inception_sha256": weights.get("sha256"),
+            "images": {"real": (fid.get("real") or {}).get("images"), "fake": (fid.get("fake") or {}).get("images")}}
+
+
+def _fmt(value: float | None) -> str:
+    return "—" if value is None else f"{value:.1f}"
+
+
+def _cell(result: dict[str, Any]) -> str:
+    if result["status"] != "done":
+        return result["status"]
+    return _fmt(result["fid"]) if math.isfinite(result["fid"]) else f"{result['fid']}"
+
+
+def row_markdown(dataset: str, cells: list[dict[str, Any]]) -> str:
+    headers = [cell["header"] for cell in cells]
+    lines = [f"# FID on {dataset} (lower is better)", "",
+             "| | " + " | ".join(headers) + " |", "|---" * (len(headers) + 1) + "|",
+             "| advseg | " + " | ".join(_cell(cell) for cell in cells) + " |",
+             "| paper | " + " | ".join(_fmt(cell["paper"]) for cell in cells) + " |", "",
+             "## How each number was made", ""]
+    for cell in cells:
+        if cell["status"] != "done":
+            lines.append(f"- {cell['column']}: {cell['status']}")
+            continue
+        lines.append(f"- {cell['column']}: FID {cell['fid']:.2f} (paper {_fmt(cell['paper'])}); run `{cell['run']}`, "
+                     f"{cell['steps']} steps; model {cell['model']}, advseg {cell['advseg']}, seg-grad "
+                     f"{cell['seg_grad']}, seg backend {cell['seg_backend'] or '—'}; test mode {cell['test_mode']}; "
+                     f"{cell['images']['fake']} colorized vs {cell['images']['real']} real test photos; "
+                     f"Inception sha256 {cell['inception_sha256']}")
+    return "\n".join(lines) + "\n"
+
+
+def write_row(dataset: str, results: Path, runs: Path) -> Path:
+    """RESULTS/DATASET.md and .json from the finished columns of one dataset."""
+    cells = [column_result(dataset, column, results, runs) for column in COLUMNS]
+    out = results / f"{dataset}.md"
+    write_bytes_atomic(results / f"{dataset}.json",
+                       (json.dumps({"dataset": dataset, "columns": cells}, indent=2) + "\n").encode("utf-8"))
+    write_bytes_atomic(out, row_markdown(dataset, cells).encode("utf-8"))
+    return out
+
+
+def table_markdown(rows: dict[str, list[dict[str, Any]]]) -> str:
+    """The paper's layout: one line per dataset, each cell 'ours (paper)'."""
+    headers = [column.header for column in COLUMNS]
+    lines = ["# FID (lower is better): advseg (paper)", "",
+             "| dataset | " + " | ".join(headers) + " |", "|---" * (len(headers) + 1) + "|"]
+    for dataset, cells in rows.items():
+        lines.append(f"| {dataset} | " + " | ".join(f"{_cell(cell)} ({_fmt(cell['paper'])})" for cell in cells) + " |")
+    missing = [name for name in PAPER_FID if name not in rows]
+    if missing:
+        lines += ["", f"Not reproduced yet: {', '.join(missing)} (`make reproduce DATASET=NAME`)."]
+    return "\n".join(lines) + "\n"
+
+
+def write_table(results: Path, out: Path | None = None) -> Path:
+    """RESULTS/TABLE.md from every RESULTS/DATASET.json that write_row produced."""
+    rows = {}
+    for path in sorted(results.glob("*.json")):
+        data = _read_json(path)
+        if data and isinstance(data.get("columns"), list) and "dataset" in data:
+            rows[data["dataset"]] = data["columns"]
+    if not rows:
+        raise AdvsegError(f"{results}: no finished rows; run `make reproduce DATASET=NAME` first")
+    target = out or results / "TABLE.md"
+    write_bytes_atomic(target, table_markdown(rows).encode("utf-8"))
+    return target
