@@ -12,7 +12,7 @@ DATASET ?= bedroom#        bedroom | elephant | sheep | illustration | cityscape
 DATA_ROOT ?= datasets#     prepared datasets: DATA_ROOT/DATASET/{trainA,trainB,testA,testB,segmaps.h5}
 RUNS ?= runs#              run folders: RUNS/DATASET/COLUMN
 RESULTS ?= results#        RESULTS/DATASET/COLUMN/{colorized,fid.json}, RESULTS/DATASET.md, RESULTS/TABLE.md
-COLUMNS ?= cyclegan-none cyclegan-multi cyclegan-binary cyclegan-both pix2pix-none pix2pix-multi pix2pix-binary pix2pix-both
+METHODS ?= cyclegan-none cyclegan-multi cyclegan-binary cyclegan-both pix2pix-none pix2pix-multi pix2pix-binary pix2pix-both# the table columns to run (AutoPainter is not implemented)
 GPUS ?= 1#                 >1: training runs under torchrun with this many processes
 DEVICE ?= auto#            auto | cpu | cuda | cuda:N
 PRECISION ?= fp32#         fp32 | bf16 | fp16 (training)
@@ -29,6 +29,7 @@ INCEPTION ?=#              pt_inception-2015-12-05-6726825d.pth when not in ADVS
 PREPARE_ARGS ?=#           extra options of `advseg data prepare` (--source DIR, --mirror URL, --lists DIR)
 EDGES_ARGS ?=#             extra options of `advseg edges`
 TRAIN_ARGS ?=#             extra options of `advseg train` (e.g. --ngf 32 --workers 8)
+FID_ARGS ?=#               extra options of `advseg fid` (the paper's FID: the default --dims 2048)
 ADVSEG ?= $(VENV)/bin/advseg
 TORCHRUN ?= $(VENV)/bin/torchrun
 NEED_INSTALL ?= $(STAMP)
@@ -110,11 +111,15 @@ $(R)/%/advseg-run.json: $(D)/trainA/advseg-run.json $$(if $$(filter none,$$(call
 	  --auto-resume $(TRAIN_ARGS)
 
 $(OUTD)/%/colorized/advseg-run.json: $(R)/%/advseg-run.json $(D)/testA/advseg-run.json $$(call redo_unless_complete,$$@,$$(@D))
-	$(ADVSEG) colorize $(R)/$* $(D)/testA $(OUTD)/$*/colorized --test-mode $(TEST_MODE) --device $(DEVICE)
+	$(ADVSEG) colorize $(R)/$* $(D)/testA $(OUTD)/$*/colorized --test-mode $(TEST_MODE) --device $(DEVICE) \
+	  $(if $(filter-out FORCE,$?),--overwrite)
 
 $(OUTD)/%/fid.json: $(OUTD)/%/colorized/advseg-run.json
-	$(ADVSEG) fid $(D)/testB $(OUTD)/$*/colorized --json --device $(DEVICE) $(if $(INCEPTION),--weights $(INCEPTION)) > $@.tmp
+	$(ADVSEG) fid $(D)/testB $(OUTD)/$*/colorized --json --device $(DEVICE) $(if $(INCEPTION),--weights $(INCEPTION)) $(FID_ARGS) > $@.tmp
 	mv $@.tmp $@
 
-$(RESULTS)/$(DATASET).md: $(foreach column,$(COLUMNS),$(OUTD)/$(column)/fid.json)
+# Naming every step's file here keeps make from treating them as intermediate (deleting them after the
+# build, or skipping a deleted one whose dependents exist): a deleted run folder is trained again.
+$(RESULTS)/$(DATASET).md: $(foreach column,$(METHODS),$(R)/$(column)/advseg-run.json \
+                            $(OUTD)/$(column)/colorized/advseg-run.json $(OUTD)/$(column)/fid.json)
 	$(ADVSEG) results row $(DATASET) --results $(RESULTS) --runs $(R)

@@ -85,7 +85,7 @@ def column_result(dataset: str, column: Column, results: Path, runs: Path) -> di
             "model": config.get("model"), "advseg": model_config.get("advseg", "none"),
             "seg_grad": model_config.get("seg_grad"), "seg_backend": segmenter.get("backend"),
             "test_mode": (colorize_record.get("options") or {}).get("test_mode"),
-            "inception_sha256": weights.get("sha256"),
+            "inception_sha256": weights.get("sha256"), "dims": (fid.get("settings") or {}).get("dims"),
             "images": {"real": (fid.get("real") or {}).get("images"), "fake": (fid.get("fake") or {}).get("images")}}
 
 
@@ -113,8 +113,8 @@ def row_markdown(dataset: str, cells: list[dict[str, Any]]) -> str:
         lines.append(f"- {cell['column']}: FID {cell['fid']:.2f} (paper {_fmt(cell['paper'])}); run `{cell['run']}`, "
                      f"{cell['steps']} steps; model {cell['model']}, advseg {cell['advseg']}, seg-grad "
                      f"{cell['seg_grad']}, seg backend {cell['seg_backend'] or '—'}; test mode {cell['test_mode']}; "
-                     f"{cell['images']['fake']} colorized vs {cell['images']['real']} real test photos; "
-                     f"Inception sha256 {cell['inception_sha256']}")
+                     f"{cell['images']['fake']} colorized vs {cell['images']['real']} real test photos, "
+                     f"{cell['dims']}-d features; Inception sha256 {cell['inception_sha256']}")
     return "\n".join(lines) + "\n"
 
 

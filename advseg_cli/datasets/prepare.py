@@ -90,8 +90,12 @@ def _downloads(root: Path, config: PrepareConfig) -> Path:
 def _fetch_metadata(spec: DatasetSpec, root: Path, config: PrepareConfig) -> Path:
     assert spec.metadata is not None
     archive = spec.metadata
-    return download(with_mirror(archive.url, config.mirror), _downloads(root, config) / archive.filename,
-                    Expected(digest=archive.sha1, algorithm="sha1"), quiet=config.quiet)
+    target = _downloads(root, config) / archive.filename
+    try:
+        return download(with_mirror(archive.url, config.mirror), target,
+                        Expected(digest=archive.sha1, algorithm="sha1"), quiet=config.quiet)
+    except DownloadFailedError as exc:
+        raise AdvsegError(f"{exc}; try again later, or put a good copy of {archive.filename} at {target}") from None
 
 
 def _derive_coco_list(spec: DatasetSpec, root: Path, config: PrepareConfig) -> list[ListEntry]:
