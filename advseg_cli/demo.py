@@ -193,10 +193,11 @@ def run_demo(out: Path, steps: int = 200) -> dict[str, object]:
                "stages": [dataclasses.asdict(n) for n in notes],
                "outputs": {"sketches": str(data / "trainA"), "segmaps": str(data / "segmaps.h5"),
                            "run": str(run_dir), "samples": str(run_dir / "samples"),
-                           "colorized": str(out / "colorized"), "index": str(index)}}
+                           "colorized": str(out / "colorized"), "scores": str(out / "demo-summary.json"),
+                           "index": str(index)}}
     (out / "demo-summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     for key, value in summary["outputs"].items():
-        _say(f"{key:>10}: {value}")
+        _say(f"{key:>10}: {value}" + ("" if Path(value).exists() else "  (not made: see the notes above)"))
     _say(f"done in {summary['seconds']} s; open {index}")
     return summary
 

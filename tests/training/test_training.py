@@ -7,6 +7,7 @@ import dataclasses
 import os
 import subprocess
 import sys
+import json
 from pathlib import Path
 
 import numpy as np
@@ -191,3 +192,20 @@ def test_cli_resume_takes_the_runs_own_options_and_refuses_changed_ones(data: Pa
     assert [row["step"] for row in losses(tmp_path / "runs" / "r")] == [1, 2, 3, 4]
     changed = invoke_advseg("train", "--name", "r", "--runs-dir", runs, "--resume", "--seed", "3")
     assert changed.returncode == 2 and "--seed differ" in changed.stderr
+
+
+def test_cli_auto_resume_starts_or_continues_and_the_record_marks_the_finished_run(data: Path, tmp_path: Path) -> None:
+    runs = tmp_path / "runs"
+    command = ["train", str(data), "--name", "m", "--runs-dir", str(runs), "--ngf", "4", "--ndf", "4", "--arch",
+               "resnet_6blocks", "--load-size", "36", "--crop-size", "32", "--workers", "0", "--device", "cpu",
+               "--quiet", "--log-every", "1", "--auto-resume"]
+    first = invoke_advseg(*command, "--max-steps", "2")
+    assert first.returncode == 0, first.stderr
+    record = json.loads((runs / "m" / "advseg-run.json").read_text())
+    assert record["stage"] == "train" and record["status"] == "complete" and record["counts"]["steps"] == 2
+    again = invoke_advseg(*command, "--max-steps", "4")  # the same command line continues the run
+    assert again.returncode == 0, again.stderr
+    assert [row["step"] for row in losses(runs / "m")] == [1, 2, 3, 4]
+    assert json.loads((runs / "m" / "advseg-run.json").read_text())["counts"]["steps"] == 4
+    other = invoke_advseg(*command, "--max-steps", "5", "--seed", "9")
+    assert other.returncode == 2 and "--seed differ" in other.stderr
