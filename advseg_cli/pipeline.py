@@ -8,7 +8,7 @@ per-image finishing work (post-processing, PNG writing) to a thread pool whose f
 from __future__ import annotations
 
 import concurrent.futures
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 from torch.utils.data import DataLoader, Dataset
@@ -25,6 +25,28 @@ def iterate_items(dataset: Dataset, workers: int) -> Iterable[Any]:
     """The dataset's items in order, decoded by ``workers`` processes (0: in this process)."""
     return DataLoader(dataset, batch_size=None, shuffle=False, num_workers=workers, collate_fn=keep_as_is,
                       persistent_workers=False, prefetch_factor=4 if workers else None)
+
+
+class InlineExecutor:
+    """An executor that runs each job at once in the calling thread (same interface as a pool).
+
+    Used where the model already occupies every core (CPU inference): finishing threads would only
+    oversubscribe the cores and stall the model's OpenMP threads.
+    """
+
+    def __enter__(self) -> InlineExecutor:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        return None
+
+    def submit(self, function: Callable[..., Any], *args: Any) -> concurrent.futures.Future:
+        future: concurrent.futures.Future = concurrent.futures.Future()
+        try:
+            future.set_result(function(*args))
+        except BaseException as exc:  # delivered through future.result(), like a pool's
+            future.set_exception(exc)
+        return future
 
 
 def collect_finished(pending: list[concurrent.futures.Future], record: RunRecord, *, block: bool,

@@ -83,7 +83,7 @@ def column_result(dataset: str, column: Column, results: Path, runs: Path) -> di
     return {**cell, "status": "done", "fid": float(fid["fid"]),
             "run": str(run_dir), "steps": (train_record.get("counts") or {}).get("steps"),
             "model": config.get("model"), "advseg": model_config.get("advseg", "none"),
-            "seg_grad": model_config.get("seg_grad"), "seg_backend": segmenter.get("backend"),
+            "seg_grad": model_config.get("seg_grad") if model_config.get("advseg", "none") != "none" else None, "seg_backend": segmenter.get("backend"),
             "test_mode": (colorize_record.get("options") or {}).get("test_mode"),
             "inception_sha256": weights.get("sha256"), "dims": (fid.get("settings") or {}).get("dims"),
             "images": {"real": (fid.get("real") or {}).get("images"), "fake": (fid.get("fake") or {}).get("images")}}
@@ -99,12 +99,23 @@ def _cell(result: dict[str, Any]) -> str:
     return _fmt(result["fid"]) if math.isfinite(result["fid"]) else f"{result['fid']}"
 
 
+def _comparability_notes(cells: list[dict[str, Any]]) -> list[str]:
+    """Say so when a number cannot be compared with the paper's (other Inception features)."""
+    other = sorted({cell["dims"] for cell in cells if cell["status"] == "done" and cell.get("dims") != 2048},
+                   key=str)
+    if not other:
+        return []
+    return [f"Not comparable with the paper: FID over {', '.join(map(str, other))}-d Inception features "
+            "(the paper's is the 2048-d pool3 FID of pytorch-fid).", ""]
+
+
 def row_markdown(dataset: str, cells: list[dict[str, Any]]) -> str:
     headers = [cell["header"] for cell in cells]
     lines = [f"# FID on {dataset} (lower is better)", "",
              "| | " + " | ".join(headers) + " |", "|---" * (len(headers) + 1) + "|",
              "| advseg | " + " | ".join(_cell(cell) for cell in cells) + " |",
              "| paper | " + " | ".join(_fmt(cell["paper"]) for cell in cells) + " |", "",
+             *_comparability_notes(cells),
              "## How each number was made", ""]
     for cell in cells:
         if cell["status"] != "done":
@@ -112,7 +123,7 @@ def row_markdown(dataset: str, cells: list[dict[str, Any]]) -> str:
             continue
         lines.append(f"- {cell['column']}: FID {cell['fid']:.2f} (paper {_fmt(cell['paper'])}); run `{cell['run']}`, "
                      f"{cell['steps']} steps; model {cell['model']}, advseg {cell['advseg']}, seg-grad "
-                     f"{cell['seg_grad']}, seg backend {cell['seg_backend'] or '—'}; test mode {cell['test_mode']}; "
+                     f"{cell['seg_grad'] or '—'}, seg backend {cell['seg_backend'] or '—'}; test mode {cell['test_mode']}; "
                      f"{cell['images']['fake']} colorized vs {cell['images']['real']} real test photos, "
                      f"{cell['dims']}-d features; Inception sha256 {cell['inception_sha256']}")
     return "\n".join(lines) + "\n"

@@ -27,7 +27,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from advseg_cli.demo import sample_photo  # noqa: E402
 from advseg_cli.devices import resolve_device  # noqa: E402
 from advseg_cli.edges import (  # noqa: E402
-    HED_WEIGHTS, EdgesConfig, extract_edges, hed_probability_to_sketch, prepare_hed_input)
+    HED_WEIGHTS, auto_batch_size, auto_workers, EdgesConfig, extract_edges, hed_probability_to_sketch, prepare_hed_input)
 from advseg_cli.weights import resolve_weights  # noqa: E402
 from bench.machine import describe_machine  # noqa: E402
 from hed import HED, load_hed_weights  # noqa: E402
@@ -74,9 +74,10 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--count", type=int, default=16)
     parser.add_argument("--size", type=int, default=256, help="photo side (px); HED sees size + 2*pad")
-    parser.add_argument("--batch-size", type=int, default=4)
-    parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--batch-size", type=int, default=0, help="0: advseg's auto (1 on CPU, 8 on GPU)")
+    parser.add_argument("--workers", type=int, default=-1, help="-1: advseg's auto (0 for HED on a CPU)")
     parser.add_argument("--device", default="auto")
+    parser.add_argument("--repeat", type=int, default=3, help="alternating rounds; medians are reported")
     args = parser.parse_args()
     device = resolve_device(args.device)
     work = Path(tempfile.mkdtemp(prefix="bench-edges-"))
@@ -99,10 +100,17 @@ def main() -> None:
         extract_edges(warm, work / "warm_ours", config)
         opencv_one_at_a_time(warm, work / "warm_cv", onnx_path, config)
 
-        ours_s, summary = timed(extract_edges, photos, work / "ours", config)
-        ref_s, count = timed(opencv_one_at_a_time, photos, work / "ref", onnx_path, config)
+        # Alternate the two paths so that drifts in machine load hit both; report medians.
+        ours_runs, ref_runs = [], []
+        for round_ in range(args.repeat):
+            ours_runs.append(timed(extract_edges, photos, work / f"ours{round_}", config))
+            ref_runs.append(timed(opencv_one_at_a_time, photos, work / f"ref{round_}", onnx_path, config))
+        summary, count = ours_runs[0][1], ref_runs[0][1]
+        ours_s = float(np.median([seconds for seconds, _ in ours_runs]))
+        ref_s = float(np.median([seconds for seconds, _ in ref_runs]))
+        pair_ratios = [r / o for (o, _), (r, _) in zip(ours_runs, ref_runs)]
         agree = np.mean([
-            (np.asarray(Image.open(work / "ours" / p.name)) == np.asarray(Image.open(work / "ref" / p.name))).mean()
+            (np.asarray(Image.open(work / "ours0" / p.name)) == np.asarray(Image.open(work / "ref0" / p.name))).mean()
             for p in sorted(photos.glob("*.png"))])
     finally:
         shutil.rmtree(work, ignore_errors=True)
@@ -113,9 +121,12 @@ def main() -> None:
     print("| path | device | batch | images/s | ratio |")
     print("|---|---|---|---|---|")
     print(f"| OpenCV DNN (ONNX of our HED), one image at a time | cpu | 1 | {count / ref_s:.2f} | 1.00 |")
-    print(f"| `advseg edges` (PyTorch, batched, {args.workers} workers) | {device.type} | {args.batch_size} | "
+    workers = auto_workers(config, device)
+    print(f"| `advseg edges` (PyTorch, batched, {workers} workers) | {device.type} | {args.batch_size or auto_batch_size(device)} | "
           f"{summary.done / ours_s:.2f} | {ref_s / ours_s * summary.done / count:.2f} |")
-    print(f"\nIdentical sketch pixels between the two paths: {agree * 100:.3f} %")
+    print(f"\nMedian of {args.repeat} alternating rounds; per-round ratios: "
+          f"{', '.join(f'{ratio:.2f}' for ratio in pair_ratios)}")
+    print(f"Identical sketch pixels between the two paths: {agree * 100:.3f} %")
 
 
 if __name__ == "__main__":

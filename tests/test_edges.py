@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 from advseg_cli.edges import EdgesConfig, extract_edges
@@ -183,3 +184,16 @@ def test_killed_run_resumes_and_every_output_is_valid(tmp_path: Path) -> None:
     assert result.returncode == 0, result.stderr
     assert f"{12 - written_before} written, {written_before} already done" in result.stdout
     assert len(_sketches(out)) == 12 and not list(out.glob(".*tmp*"))
+
+
+def test_automatic_batch_and_workers_follow_the_device() -> None:
+    """HED on a CPU runs one photo per pass with no decoding processes (measured faster, see
+    docs/benchmarks.md); a GPU gets batches and workers; an explicit choice always wins."""
+    from advseg_cli.edges import auto_batch_size, auto_workers
+
+    cpu, gpu = torch.device("cpu"), torch.device("cuda", 0)
+    assert (auto_batch_size(cpu), auto_batch_size(gpu)) == (1, 8)
+    assert auto_workers(EdgesConfig(workers=-1), cpu) == 0
+    assert auto_workers(EdgesConfig(workers=-1), gpu) == min(4, os.cpu_count() or 1)
+    assert auto_workers(EdgesConfig(method="xdog", workers=-1), cpu) == min(4, os.cpu_count() or 1)
+    assert auto_workers(EdgesConfig(workers=3), cpu) == 3

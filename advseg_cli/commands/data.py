@@ -53,12 +53,14 @@ def list_datasets() -> None:
               help="Segment photos resized to this square, as the training loader resizes them "
                    "(advseg segcache --square; use train's --load-size).")
 @click.option("--device", default="auto", help="auto, cpu, cuda or cuda:N (edges and segcache).")
-@click.option("--batch-size", default=8, type=click.IntRange(min=1), help="Photos per forward pass.")
-@click.option("--workers", default=0, type=click.IntRange(min=0), help="DataLoader processes.")
+@click.option("--batch-size", default=0, type=click.IntRange(min=0),
+              help="Photos per forward pass (0: each stage's default).")
+@click.option("--workers", default=None, type=click.IntRange(min=0),
+              help="DataLoader processes  [default: each stage's own choice].")
 @click.option("--quiet", is_flag=True, help="No progress bars.")
 def prepare(name: str, root: Path, steps: str, source: Path | None, lists: Path | None, mirror: str | None,
             downloads: Path | None, edges_size: int, hed_weights: Path | None, seg_backend: str,
-            seg_weights: Path | None, seg_square: int, device: str, batch_size: int, workers: int,
+            seg_weights: Path | None, seg_square: int, device: str, batch_size: int, workers: int | None,
             quiet: bool) -> None:
     """Build ROOT/NAME/{trainA,trainB,testA,testB} and segmaps.h5 for dataset NAME.
 
@@ -73,9 +75,9 @@ def prepare(name: str, root: Path, steps: str, source: Path | None, lists: Path 
         steps=tuple(step.strip() for step in steps.split(",") if step.strip()),
         source=source, lists=lists, mirror=mirror, downloads=downloads, quiet=quiet,
         edges=EdgesConfig(size=edges_size, weights=hed_weights, device=device, batch_size=batch_size,
-                          workers=workers, quiet=quiet),
+                          workers=-1 if workers is None else workers, quiet=quiet),
         segcache=SegcacheConfig(backend=seg_backend, weights=seg_weights, square=seg_square, device=device,
-                                batch_size=batch_size, workers=workers, quiet=quiet))
+                                batch_size=batch_size or 8, workers=workers or 0, quiet=quiet))
     summary = prepare_dataset(name, root, config)
     counts = ", ".join(f"{key} {value}" for key, value in summary.counts.items())
     failed = f"; {summary.failed} failed (see the run records)" if summary.failed else ""

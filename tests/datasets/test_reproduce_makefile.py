@@ -75,6 +75,8 @@ def test_reproduce_builds_the_table_and_redoes_only_what_was_deleted(setting) ->
         else:
             assert math.isfinite(float(value)), (column.key, value)
     assert "seg-grad soft, seg backend mask2former; test mode deterministic" in row
+    assert "advseg none, seg-grad —, seg backend —" in row  # the baselines use no Seg
+    assert "Not comparable with the paper: FID over 64-d Inception features" in row
     assert "Inception sha256" in row and "3 colorized vs 3 real test photos, 64-d features" in row
 
     shutil.rmtree(root / "runs" / "elephant" / "cyclegan-binary")
