@@ -170,8 +170,12 @@ class CacheMetadata:
     def differences(self, other: CacheMetadata) -> list[str]:
         """'field: ours -> theirs' for every identity field that differs (class lists abbreviated)."""
         mine, theirs = self.identity(), other.identity()
+        # The same weights file under another name (a --weights folder that moved) is the same model.
+        same_weights = bool(mine["weights_sha256"]) and mine["weights_sha256"] == theirs["weights_sha256"]
         out = []
         for name in IDENTITY_FIELDS:
+            if name == "model_name" and same_weights:
+                continue
             if mine[name] != theirs[name]:
                 if name in ("class_names", "is_thing", "is_stuff"):
                     out.append(f"{name}: differs")

@@ -191,8 +191,9 @@ def build_segmenter_for(config: TrainConfig, device: torch.device) -> Any:
     made_with = {"backend": cache_meta.backend, "model": cache_meta.model_name, "weights": cache_meta.weights_sha256}
     training = {"backend": seg.backend, "model": seg.model_name,
                 "weights": (seg.weights_record or {}).get("sha256")}
+    same_weights = bool(made_with["weights"]) and made_with["weights"] == training["weights"]
     differs = [f"{key}: cache {made_with[key]!r}, training {training[key]!r}" for key in made_with
-               if made_with[key] != training[key]]
+               if made_with[key] != training[key] and not (key == "model" and same_weights)]
     if differs:
         raise IncompatibleInputError(
             f"--segcache {config.segcache} was made with another segmentation network ({'; '.join(differs)}); "

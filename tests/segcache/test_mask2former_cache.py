@@ -51,3 +51,23 @@ def test_batched_cache_equals_the_backend_on_each_photo_alone(tmp_path: Path, ti
     assert any(1 <= label <= 80 for label in labels_seen) or any(label >= 82 for label in labels_seen)
     record = json.loads(summary.record.read_text())
     assert record["weights"][0]["sha256"] == meta.weights_sha256
+
+
+def test_the_same_weights_in_a_moved_folder_still_fit_the_cache(tmp_path: Path, tiny_weights: Path) -> None:
+    """A --weights folder names the model by its path; moving it must not make the cache 'incompatible'
+    when the weights' sha256 is the same, while other weights still are refused."""
+    import shutil
+
+    from advseg_cli.errors import IncompatibleInputError
+    from tests.segmentation.tiny_mask2former import save_tiny_mask2former
+
+    crops = make_crops(tmp_path / "photos", 3)
+    options = dict(backend="mask2former", square=64, batch_size=4, device="cpu", workers=0, quiet=True)
+    first = build_segcache(crops, tmp_path / "maps.h5", SegcacheConfig(weights=tiny_weights, **options))
+    moved = shutil.copytree(tiny_weights, tmp_path / "elsewhere")
+    (crops / "extra.png").write_bytes((crops / sorted(p.name for p in crops.iterdir())[0]).read_bytes())
+    again = build_segcache(crops, first.out, SegcacheConfig(weights=moved, **options))
+    assert (again.done, again.skipped) == (1, 3)
+    other = save_tiny_mask2former(tmp_path / "other-weights", seed=7)
+    with pytest.raises(IncompatibleInputError, match="weights_sha256"):
+        build_segcache(crops, first.out, SegcacheConfig(weights=other, **options))
