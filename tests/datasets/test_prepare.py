@@ -8,6 +8,7 @@ import json
 import zipfile
 from pathlib import Path
 
+import numpy as np
 import pytest
 from PIL import Image
 
@@ -18,7 +19,8 @@ from advseg_cli.datasets.prepare import DATA_RECORD, PrepareConfig, prepare_data
 from advseg_cli.datasets.selection import CocoRule, SceneRule, select_coco, select_scenes
 from tests.datasets.fixture_server import closed_port_url, serve
 from tests.datasets.kit import build_mirror, write_lists
-from tests.helpers import invoke_advseg, photo
+from advseg_cli.segcache import SegmentationCache
+from tests.helpers import invoke_advseg, photo, requires_hed_weights
 
 FETCH = PrepareConfig(steps=("fetch",), quiet=True)
 
@@ -198,3 +200,23 @@ def test_freeze_writes_sizes_and_hashes_that_a_new_prepare_verifies(coco_host, t
     assert result.returncode == 0, result.stderr
     assert [(e.file, e.size, e.sha256) for e in read_list(frozen / "elephant.tsv")] == \
         [(e.file, e.size, e.sha256) for e in entries]
+
+
+@requires_hed_weights
+def test_one_prepare_command_makes_the_whole_dataset_folder(coco_host, tmp_path: Path) -> None:
+    from tests.segmentation.tiny_mask2former import save_tiny_mask2former
+
+    server, lists, _ = coco_host
+    seg = save_tiny_mask2former(tmp_path / "seg")
+    result = invoke_advseg("data", "prepare", "elephant", str(tmp_path / "data"), "--lists", str(lists),
+                           "--mirror", server.url, "--edges-size", "64", "--seg-backend", "mask2former",
+                           "--seg-weights", str(seg), "--seg-square", "64", "--device", "cpu", "--quiet")
+    assert result.returncode == 0, result.stderr
+    assert "trainA 4, trainB 4, testA 3, testB 3" in result.stdout
+    folder = tmp_path / "data" / "elephant"
+    for record in ("advseg-data.json", "trainA/advseg-run.json", "testA/advseg-run.json", "segmaps.h5.run.json"):
+        assert json.loads((folder / record).read_text())["status"].startswith("complete"), record
+    sketch = np.asarray(Image.open(folder / "trainA" / "000000000001.png"))
+    assert sketch.shape == (64, 64) and set(np.unique(sketch)) <= {0, 255} and (sketch == 0).any()
+    with SegmentationCache(folder / "segmaps.h5") as cache:
+        assert sorted(cache.keys()) == sorted(p.name for p in (folder / "trainB").iterdir())
