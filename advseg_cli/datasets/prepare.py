@@ -141,10 +141,7 @@ def resolve_list(spec: DatasetSpec, root: Path, config: PrepareConfig) -> tuple[
         return read_list(spec.shipped_list()), str(spec.shipped_list())
     derived = root / spec.name / DERIVED_LIST
     if spec.kind == "folder":
-        if config.source is None:
-            raise AdvsegError(f"{spec.name} cannot be downloaded freely: request it from {spec.request}")
-        if not config.source.is_dir():
-            raise AdvsegError(f"--source: {config.source} is not a folder; {spec.request}")
+        assert config.source is not None  # _fetch_step checked it
         entries = _derive_folder_list(config.source)
         if not entries:
             raise AdvsegError(f"--source: no images under {config.source}")
@@ -231,6 +228,9 @@ class _Fetcher:
 
 
 def _fetch_step(spec: DatasetSpec, root: Path, folder: Path, config: PrepareConfig) -> RunRecord:
+    if spec.kind == "folder" and (config.source is None or not config.source.is_dir()):
+        where = "" if config.source is None else f"--source {config.source} is not a folder; "
+        raise AdvsegError(f"{where}{spec.name} cannot be downloaded freely: request it from {spec.request}")
     entries, origin = resolve_list(spec, root, config)
     record = RunRecord("data-fetch", {"dataset": spec.name, "list": origin, "mirror": config.mirror,
                                       "source": str(config.source) if config.source else None})
