@@ -580,7 +580,7 @@ class SegcacheConfig:
     size: int = 0  # segment at this short side (aspect kept); 0 = the photo's own size
     square: int = 0  # segment at square x square instead (the training loader's resize); 0 = off
     max_side: int = 1024  # cap on the longer side for size/native; 0 = none
-    batch_size: int = 8  # photos per forward pass (only photos of equal segmenting size share one)
+    batch_size: int = 0  # photos per forward pass (equal segmenting sizes only); 0 = auto_batch_size
     workers: int = 0  # DataLoader processes that read, hash, decode and resize photos
     device: str = "auto"
     precision: str = "fp32"
@@ -593,8 +593,8 @@ class SegcacheConfig:
         for name in ("size", "square", "max_side", "workers"):
             if getattr(self, name) < 0:
                 raise AdvsegError(f"--{name.replace('_', '-')}: must be >= 0")
-        if self.batch_size < 1:
-            raise AdvsegError("--batch-size: must be >= 1")
+        if self.batch_size < 0:
+            raise AdvsegError("--batch-size: must be >= 1 (or 0 for auto)")
         if self.commit_every < 0:
             raise AdvsegError("--commit-every: must be >= 0 seconds")
         self.policy()
@@ -732,6 +732,12 @@ def _record_options(config: SegcacheConfig, photos: Path, metadata: CacheMetadat
     return options
 
 
+def auto_batch_size(device: torch.device) -> int:
+    """1 on a CPU, 8 on a GPU: on 2 CPU cores a batch of 8 was ~25 % slower per photo than one photo per
+    pass (docs/benchmarks.md); batches only pay where there is parallel hardware to fill."""
+    return 1 if device.type == "cpu" else 8
+
+
 def build_segcache(photos: Path, out_h5: Path, config: SegcacheConfig = SegcacheConfig(), *,
                    segmenter: Segmenter | None = None) -> SegcacheSummary:
     """Segment every photo under ``photos`` (or this shard's share) into the cache ``out_h5``.
@@ -749,6 +755,7 @@ def build_segcache(photos: Path, out_h5: Path, config: SegcacheConfig = Segcache
         device = resolve_device(config.device)
         check_precision(config.precision, device)
         segmenter = build_segmenter(config.backend, config.weights, device, config.precision)
+    config = dataclasses.replace(config, batch_size=config.batch_size or auto_batch_size(segmenter.device))
     metadata = CacheMetadata.for_segmenter(segmenter, config.policy())
     out.parent.mkdir(parents=True, exist_ok=True)
     record_file = record_path_for(out)

@@ -77,7 +77,7 @@ def prepare(name: str, root: Path, steps: str, source: Path | None, lists: Path 
         edges=EdgesConfig(size=edges_size, weights=hed_weights, device=device, batch_size=batch_size,
                           workers=-1 if workers is None else workers, quiet=quiet),
         segcache=SegcacheConfig(backend=seg_backend, weights=seg_weights, square=seg_square, device=device,
-                                batch_size=batch_size or 8, workers=workers or 0, quiet=quiet))
+                                batch_size=batch_size, workers=workers or 0, quiet=quiet))
     summary = prepare_dataset(name, root, config)
     counts = ", ".join(f"{key} {value}" for key, value in summary.counts.items())
     failed = f"; {summary.failed} failed (see the run records)" if summary.failed else ""

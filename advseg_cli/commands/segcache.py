@@ -66,7 +66,7 @@ def segcache() -> None:
                    "e.g. 286); excludes --size.")
 @click.option("--max-side", type=click.IntRange(min=0), default=1024,
               help="Cap on the longer side with --size or the photo's own size (memory); 0 = none.")
-@click.option("--batch-size", type=click.IntRange(min=1), default=8,
+@click.option("--batch-size", type=click.IntRange(min=0), default=0, show_default="0: auto, 1 on CPU, 8 on GPU",
               help="Photos per forward pass (photos of equal segmenting size are batched together).")
 @click.option("--workers", type=click.IntRange(min=0), default=_default_workers, show_default="min(4, CPUs)",
               help="DataLoader processes that read, hash, decode and resize photos.")

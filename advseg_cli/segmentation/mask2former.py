@@ -42,6 +42,7 @@ from advseg_cli.segmentation.classes import IS_STUFF, coco_panoptic_133_to_135
 from advseg_cli.segmentation.panoptic_queries import (
     PanopticSegments,
     QueryThresholds,
+    kept_queries_first,
     mask_probabilities,
     panoptic_segments,
     soft_class_probs,
@@ -242,6 +243,7 @@ class Mask2FormerSegmenter(Segmenter):
     def panoptic(self, images: Tensor) -> list[PanopticSegments]:
         """The panoptic segments of a batch, post-processed in chunks of images (memory cap)."""
         class_logits, mask_logits, padded = self.query_logits(images)
+        class_logits, mask_logits = kept_queries_first(class_logits, mask_logits, self.query_thresholds.score)
         size = (int(images.shape[-2]), int(images.shape[-1]))
         per_image = class_logits.shape[1] * max(padded[0] * padded[1], 384 * 384)
         chunk = max(1, _POSTPROCESS_VALUES // per_image)

@@ -83,6 +83,26 @@ class PanopticSegments:
         ]
 
 
+def kept_queries_first(class_logits: Tensor, mask_logits: Tensor, score_threshold: float) -> tuple[Tensor, Tensor]:
+    """Only the queries that can become segments, in their original order: [N,K,C], [N,K,h,w].
+
+    Panoptic post-processing ignores a query whose best class is "no object" or whose score is at most
+    the threshold, so dropping those before the full-resolution mask work changes no result (the
+    kept queries keep their relative order, hence their segment ids and argmax tie-breaks). K is the
+    largest number kept in any image of the batch (at least 1); shorter rows are padded with dropped
+    queries. A trained model keeps few of its 100 queries per image, so most of the full-resolution work goes.
+    """
+    scores, classes = F.softmax(class_logits.float(), dim=-1).max(dim=-1)
+    kept = (classes != class_logits.shape[-1] - 1) & (scores > score_threshold)
+    count = max(1, int(kept.sum(dim=1).max()))
+    if count == class_logits.shape[1]:
+        return class_logits, mask_logits
+    order = torch.sort((~kept).to(torch.int8), dim=1, stable=True).indices[:, :count]  # kept first, in order
+    chosen_classes = torch.gather(class_logits, 1, order[:, :, None].expand(-1, -1, class_logits.shape[-1]))
+    chosen_masks = torch.gather(mask_logits, 1, order[:, :, None, None].expand(-1, -1, *mask_logits.shape[-2:]))
+    return chosen_classes, chosen_masks
+
+
 def mask_probabilities(
     mask_logits: Tensor, output_size: tuple[int, int], padded_size: tuple[int, int]
 ) -> Tensor:

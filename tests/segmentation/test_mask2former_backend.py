@@ -17,7 +17,8 @@ from tests.segmentation.conftest import HAS_TRANSFORMERS
 
 from advseg_cli.errors import WeightsMismatchError, WeightsNotFoundError
 from advseg_cli.segmentation import binary_from_probs, build_segmenter
-from advseg_cli.segmentation.panoptic_queries import QueryThresholds, mask_probabilities, panoptic_segments
+from advseg_cli.segmentation.panoptic_queries import (QueryThresholds, kept_queries_first, mask_probabilities,
+                                                     panoptic_segments)
 
 pytestmark = pytest.mark.skipif(not HAS_TRANSFORMERS, reason="transformers is not installed")
 
@@ -256,3 +257,19 @@ def test_cuda_results_match_cpu(tiny_mask2former_dir: Path, images) -> None:
     assert agreement > 0.99  # the same rules; only float rounding at ties may differ
     probs = cuda.soft_probs(images.cuda())
     assert torch.allclose(probs.cpu(), cpu.soft_probs(images), atol=1e-4)
+
+
+def test_dropping_unkept_queries_first_changes_no_result(tiny_mask2former, images) -> None:
+    """panoptic() post-processes only the queries that can win; labels, ids and segment lists must be
+    those of the post-processing over all queries, also on a batch whose images keep different counts."""
+    seg = tiny_mask2former
+    batch = torch.cat([images, torch.rand(5, 3, 64, 64, generator=torch.Generator().manual_seed(7)) * 2 - 1])
+    with torch.no_grad():
+        class_logits, mask_logits, padded = seg.query_logits(batch)
+        full = panoptic_segments(class_logits, mask_probabilities(mask_logits, (64, 64), padded), seg.lut,
+                                 seg.query_thresholds, seg.fuse)
+        fast = seg.panoptic(batch)[0]
+    chosen, _ = kept_queries_first(class_logits, mask_logits, seg.query_thresholds.score)
+    assert chosen.shape[1] < class_logits.shape[1]  # the shortcut was taken
+    assert torch.equal(fast.labels, full.labels) and torch.equal(fast.segment_ids, full.segment_ids)
+    assert [fast.segments_info(i) for i in range(len(batch))] == [full.segments_info(i) for i in range(len(batch))]
