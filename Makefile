@@ -73,6 +73,8 @@ clean: ## Remove the virtual environment and demo outputs
 # Every step's target is a file the stage writes when it has finished, so an interrupted reproduction
 # resumes: a stage's run record that does not say "complete" (or whose output is gone) is redone, and
 # the stage itself skips the outputs it already made. Delete a run folder to redo just that column.
+# The data steps are order-only prerequisites of the trainings: re-running a data step by hand (which
+# rewrites its record) never starts hours of retraining; to retrain on changed data, delete the runs.
 D := $(DATA_ROOT)/$(DATASET)
 R := $(RUNS)/$(DATASET)
 OUTD := $(RESULTS)/$(DATASET)
@@ -93,18 +95,18 @@ FORCE:
 $(D)/advseg-data.json: | $(NEED_INSTALL)
 	$(ADVSEG) data prepare $(DATASET) $(DATA_ROOT) --steps fetch $(PREPARE_ARGS)
 
-$(D)/trainA/advseg-run.json: $(D)/advseg-data.json $(call redo_unless_complete,$(D)/trainA/advseg-run.json,$(D)/trainA)
+$(D)/trainA/advseg-run.json: $(call redo_unless_complete,$(D)/trainA/advseg-run.json,$(D)/trainA) | $(D)/advseg-data.json
 	$(ADVSEG) edges $(D)/trainB $(D)/trainA --device $(DEVICE) $(EDGES_ARGS)
 
-$(D)/testA/advseg-run.json: $(D)/advseg-data.json $(call redo_unless_complete,$(D)/testA/advseg-run.json,$(D)/testA)
+$(D)/testA/advseg-run.json: $(call redo_unless_complete,$(D)/testA/advseg-run.json,$(D)/testA) | $(D)/advseg-data.json
 	$(ADVSEG) edges $(D)/testB $(D)/testA --device $(DEVICE) $(EDGES_ARGS)
 
-$(D)/segmaps.h5.run.json: $(D)/advseg-data.json $(call redo_unless_complete,$(D)/segmaps.h5.run.json,$(D)/segmaps.h5)
+$(D)/segmaps.h5.run.json: $(call redo_unless_complete,$(D)/segmaps.h5.run.json,$(D)/segmaps.h5) | $(D)/advseg-data.json
 	$(ADVSEG) segcache $(D)/trainB $(D)/segmaps.h5 --backend $(SEG_BACKEND) --square $(LOAD) --device $(DEVICE) \
 	  $(if $(SEG_WEIGHTS),--weights $(SEG_WEIGHTS))
 
 .SECONDEXPANSION:
-$(R)/%/advseg-run.json: $(D)/trainA/advseg-run.json $$(if $$(filter none,$$(call column_advseg,$$*)),,$(D)/segmaps.h5.run.json)
+$(R)/%/advseg-run.json: | $(D)/trainA/advseg-run.json $$(if $$(filter none,$$(call column_advseg,$$*)),,$(D)/segmaps.h5.run.json)
 	$(TRAIN) $(D) --name $* --runs-dir $(R) --model $(call column_model,$*) --advseg $(call column_advseg,$*) \
 	  --seg-grad $(SEG_GRAD) --epochs $(EPOCHS) --epochs-decay $(EPOCHS_DECAY) --batch-size $(BATCH) \
 	  --load-size $(LOAD) --crop-size $(CROP) --precision $(PRECISION) --device $(DEVICE) $(SEG_WEIGHTS_OPT) \
