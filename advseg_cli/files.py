@@ -53,13 +53,21 @@ def write_bytes_atomic(path: Path, data: bytes) -> None:
             os.fsync(handle.fileno())
 
 
-def sha256_file(path: Path, chunk_size: int = 1 << 20) -> str:
-    """Hex sha256 of a file, read in chunks so multi-GB weights do not need the memory."""
-    digest = hashlib.sha256()
+def file_digest(path: Path, algorithm: str = "sha256", chunk_size: int = 1 << 20) -> str:
+    """Hex digest of a file, read in chunks so multi-GB weights and archives do not need the memory.
+
+    ``algorithm`` is a hashlib name: our own files use sha256; COCO and ADE20K publish sha1.
+    """
+    digest = hashlib.new(algorithm)
     with open(path, "rb") as handle:
         for chunk in iter(lambda: handle.read(chunk_size), b""):
             digest.update(chunk)
     return digest.hexdigest()
+
+
+def sha256_file(path: Path) -> str:
+    """Hex sha256 of a file (the hash every weights file and cache entry is identified by)."""
+    return file_digest(path, "sha256")
 
 
 def _writer_is_gone(path: Path) -> bool:

@@ -11,14 +11,11 @@ from __future__ import annotations
 import dataclasses
 import importlib.metadata
 import os
-import urllib.error
-import urllib.request
 from collections.abc import Callable
 from pathlib import Path
 
-from advseg_cli.errors import WeightsMismatchError, WeightsNotFoundError
-from advseg_cli.files import atomic_path, sha256_file
-from advseg_cli.progress import progress
+from advseg_cli.errors import AdvsegError, WeightsMismatchError, WeightsNotFoundError
+from advseg_cli.files import sha256_file
 
 
 @dataclasses.dataclass(frozen=True)
@@ -89,22 +86,15 @@ def _packaged_file(spec: WeightsSpec) -> Path | None:
 
 
 def _download(spec: WeightsSpec, target: Path) -> None:
-    """Fetch ``spec.url`` into ``target`` atomically, refusing content whose sha256 differs."""
+    """Fetch ``spec.url`` into ``target`` with the shared downloader (resumable, sha256-verified)."""
+    from advseg_cli.download import DownloadCorruptError, DownloadFailedError, Expected, download
+
     assert spec.url and spec.sha256
     try:
-        with urllib.request.urlopen(spec.url, timeout=60) as response, atomic_path(target) as tmp:
-            total = int(response.headers.get("Content-Length") or 0) or None
-            with open(tmp, "wb") as handle, progress(total=total, desc=spec.filename, unit="B") as bar:
-                for chunk in iter(lambda: response.read(1 << 20), b""):
-                    handle.write(chunk)
-                    bar.update(len(chunk))
-            actual = sha256_file(tmp)
-            if actual != spec.sha256:
-                raise WeightsMismatchError(
-                    f"{spec.url}: downloaded file has sha256 {actual[:12]}..., expected "
-                    f"{spec.sha256[:12]}...; try again or {spec.how_to_get}"
-                )
-    except (urllib.error.URLError, OSError) as exc:
+        download(spec.url, target, Expected(digest=spec.sha256), label=spec.filename)
+    except DownloadCorruptError as exc:
+        raise WeightsMismatchError(f"{exc}; try again or {spec.how_to_get}") from None
+    except (DownloadFailedError, AdvsegError) as exc:
         raise WeightsNotFoundError(
             f"cannot download {spec.filename} ({exc}); {spec.how_to_get}, put it in "
             f"{advseg_home()} or pass {spec.option} PATH"

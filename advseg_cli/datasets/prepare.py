@@ -23,12 +23,12 @@ from typing import Any
 from PIL import Image
 
 from advseg_cli.datasets.catalog import DatasetSpec, dataset_spec
-from advseg_cli.datasets.download import DownloadFailedError, Expected, download, file_digest, with_mirror
+from advseg_cli.download import DownloadFailedError, Expected, download, with_mirror
 from advseg_cli.datasets.lists import (ListEntry, list_digest, read_list, split_counts, write_list)
 from advseg_cli.datasets.selection import CocoRule, SceneRule, select_coco, select_scenes
 from advseg_cli.edges import EdgesConfig, extract_edges
 from advseg_cli.errors import AdvsegError, AllInputsFailedError
-from advseg_cli.files import atomic_path
+from advseg_cli.files import atomic_path, sha256_file
 from advseg_cli.images import IMAGE_EXTENSIONS, list_images
 from advseg_cli.progress import progress
 from advseg_cli.runrecord import RunRecord
@@ -289,6 +289,6 @@ def freeze_list(spec: DatasetSpec, root: Path, target: Path) -> int:
         raise AdvsegError(f"{folder}: {len(missing)} listed photos are missing (first: {missing[0]}); "
                           "re-run prepare --steps fetch, or remove them from the list")
     frozen = [dataclasses.replace(entry, size=_destination(folder, entry).stat().st_size,
-                                  sha256=file_digest(_destination(folder, entry), "sha256")) for entry in entries]
+                                  sha256=sha256_file(_destination(folder, entry))) for entry in entries]
     write_list(target, frozen, list_comments(spec, None))
     return len(frozen)

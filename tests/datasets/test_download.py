@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from advseg_cli.datasets.download import (DownloadFailedError, Expected, HostUnreachableError, download,
+from advseg_cli.download import (DownloadFailedError, Expected, HostUnreachableError, download,
                                           part_path, with_mirror)
 from tests.datasets.fixture_server import closed_port_url, serve
 

@@ -1,6 +1,6 @@
-"""Resumable, verified HTTP downloads for dataset preparation.
+"""Resumable, verified HTTP downloads: dataset archives and photos, and model weights.
 
-A dataset download can take hours and fail half-way, and a file that is only partly there must never
+A download can take hours and fail half-way, and a file that is only partly there must never
 pass for a complete one. So bytes go to ``NAME.part`` beside the destination, an interrupted transfer
 continues from where it stopped with an HTTP ``Range`` request, and only a file that passes every
 check we have (its size, its sha256 or sha1, a decoder) is renamed to its final name. A file that
@@ -10,7 +10,6 @@ fails a check is deleted and fetched again, a few times, before we give up on it
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import http.client
 import os
 import socket
@@ -22,6 +21,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from advseg_cli.errors import AdvsegError
+from advseg_cli.files import file_digest
 from advseg_cli.progress import progress
 
 CHUNK = 1 << 20
@@ -33,7 +33,11 @@ class HostUnreachableError(AdvsegError):
 
 
 class DownloadFailedError(Exception):
-    """One file could not be fetched intact after every retry; callers report it and go on."""
+    """One file could not be fetched (HTTP error, or never intact); callers report it and go on."""
+
+
+class DownloadCorruptError(DownloadFailedError):
+    """The file arrived every time, but never passed its checks (wrong size, hash or content)."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -61,15 +65,6 @@ class Expected:
         if self.validate is not None:
             return self.validate(path)
         return None
-
-
-def file_digest(path: Path, algorithm: str = "sha256") -> str:
-    """Hex digest of a file, read in chunks (archives are gigabytes)."""
-    digest = hashlib.new(algorithm)
-    with open(path, "rb") as handle:
-        for chunk in iter(lambda: handle.read(CHUNK), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def part_path(destination: Path) -> Path:
@@ -157,7 +152,7 @@ def download(url: str, destination: Path, expected: Expected = Expected(), *, at
             return destination
         last_problem = problem
         part.unlink()  # corrupt or too long: the next attempt starts from nothing
-    raise DownloadFailedError(f"{url}: still not intact after {attempts} tries ({last_problem})")
+    raise DownloadCorruptError(f"{url}: still not intact after {attempts} tries ({last_problem})")
 
 
 def with_mirror(url: str, mirror: str | None) -> str:
