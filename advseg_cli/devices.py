@@ -41,6 +41,16 @@ def resolve_device(name: str) -> torch.device:
     return device
 
 
+def default_batch_size(device: torch.device) -> int:
+    """Images per forward pass when the user did not say: 1 on a CPU, 8 on a GPU.
+
+    Measured on 2 CPU cores (docs/benchmarks.md): HED at 512x512 ran ~6 % and Mask2Former at 286x286
+    ~25 % slower per image in batches than one at a time; a CPU has no parallel hardware for a batch to
+    fill, only caches for it to overflow. A GPU needs batches to be kept busy.
+    """
+    return 1 if device.type == "cpu" else 8
+
+
 def check_precision(precision: str, device: torch.device) -> None:
     """Refuse precisions that the device cannot run fast (fp16 on CPU is emulated and slow)."""
     if precision not in PRECISIONS:

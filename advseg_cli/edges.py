@@ -22,7 +22,7 @@ from PIL import Image
 from torch.utils.data import Dataset
 
 from advseg_cli.pipeline import InlineExecutor, collect_finished, iterate_items
-from advseg_cli.devices import autocast, check_precision, resolve_device
+from advseg_cli.devices import autocast, check_precision, default_batch_size, resolve_device
 from advseg_cli.errors import AdvsegError, AllInputsFailedError, ImageDecodeError, IncompatibleInputError
 from advseg_cli.files import remove_stale_temporaries
 from advseg_cli.images import image_size, is_valid_png, list_images, read_rgb, write_png
@@ -66,7 +66,7 @@ class EdgesConfig:
     xdog_sigma: float = 0.8  # XDoG inner Gaussian sigma (px at the output size)
     canny_low: int = 100  # Canny hysteresis thresholds
     canny_high: int = 200
-    batch_size: int = 0  # photos per HED forward; 0 = auto (see auto_batch_size)
+    batch_size: int = 0  # photos per HED forward; 0 = devices.default_batch_size
     workers: int = 0  # DataLoader worker processes that decode (and, for xdog/canny, compute); -1 = auto
     device: str = "auto"
     precision: str = "fp32"
@@ -313,23 +313,13 @@ def auto_workers(config: EdgesConfig, device: torch.device) -> int:
     return 0 if config.method == "hed" and device.type == "cpu" else min(4, os.cpu_count() or 1)
 
 
-def auto_batch_size(device: torch.device) -> int:
-    """1 on a CPU, 8 on a GPU.
-
-    Measured (docs/benchmarks.md): on a 2-core CPU one 512x512 photo per forward pass is ~6 % faster
-    per image than four (batching buys no parallelism there, only larger working sets that fall out of
-    cache); a GPU needs batches to be kept busy.
-    """
-    return 1 if device.type == "cpu" else 8
-
-
 def _run_hed_jobs(jobs: list[_Job], config: EdgesConfig, device: torch.device,
                   weights: ResolvedWeights, record: RunRecord) -> None:
     """HED on batches of equal-sized photos; on a GPU, post-processing and PNG writing overlap on threads."""
     if not jobs:
         return
     model = load_hed(weights, device)
-    batch_size = config.batch_size or auto_batch_size(device)
+    batch_size = config.batch_size or default_batch_size(device)
     jobs = _sorted_for_batching(jobs) if batch_size > 1 else jobs
     dataset = _PhotoDataset(jobs, functools.partial(_hed_prepare, pad=config.pad, max_side=config.max_side))
     # On a CPU the network keeps every core busy: post-process in line rather than on competing threads.

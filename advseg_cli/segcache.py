@@ -49,13 +49,13 @@ from torch.utils.data import Dataset
 
 from advseg_cli import __version__
 from advseg_cli.pipeline import iterate_items
-from advseg_cli.devices import check_precision, resolve_device
+from advseg_cli.devices import check_precision, default_batch_size, resolve_device
 from advseg_cli.errors import AdvsegError, AllInputsFailedError, ImageDecodeError, IncompatibleInputError
 from advseg_cli.files import TEMP_MARKER, _writer_is_gone, sha256_file, temporary_sibling
 from advseg_cli.images import decode_rgb, image_size, list_images, read_rgb, write_png
 from advseg_cli.progress import progress
 from advseg_cli.runrecord import RunRecord, record_path_for
-from advseg_cli.segmentation.base import Segmenter, build_segmenter, uint8_to_model_range
+from advseg_cli.segmentation.base import Segmenter, build_segmenter, same_weights, uint8_to_model_range
 from advseg_cli.segmentation.classes import CLASS_NAMES, IS_STUFF, IS_THING, NUM_CLASSES
 from advseg_cli.segmentation.maps import binary_from_labels, palette
 from advseg_cli.sharding import select_shard
@@ -170,11 +170,10 @@ class CacheMetadata:
     def differences(self, other: CacheMetadata) -> list[str]:
         """'field: ours -> theirs' for every identity field that differs (class lists abbreviated)."""
         mine, theirs = self.identity(), other.identity()
-        # The same weights file under another name (a --weights folder that moved) is the same model.
-        same_weights = bool(mine["weights_sha256"]) and mine["weights_sha256"] == theirs["weights_sha256"]
+        names_matter = not same_weights(mine["weights_sha256"], theirs["weights_sha256"])
         out = []
         for name in IDENTITY_FIELDS:
-            if name == "model_name" and same_weights:
+            if name == "model_name" and not names_matter:
                 continue
             if mine[name] != theirs[name]:
                 if name in ("class_names", "is_thing", "is_stuff"):
@@ -580,7 +579,7 @@ class SegcacheConfig:
     size: int = 0  # segment at this short side (aspect kept); 0 = the photo's own size
     square: int = 0  # segment at square x square instead (the training loader's resize); 0 = off
     max_side: int = 1024  # cap on the longer side for size/native; 0 = none
-    batch_size: int = 0  # photos per forward pass (equal segmenting sizes only); 0 = auto_batch_size
+    batch_size: int = 0  # photos per forward pass (equal segmenting sizes only); 0 = devices.default_batch_size
     workers: int = 0  # DataLoader processes that read, hash, decode and resize photos
     device: str = "auto"
     precision: str = "fp32"
@@ -732,12 +731,6 @@ def _record_options(config: SegcacheConfig, photos: Path, metadata: CacheMetadat
     return options
 
 
-def auto_batch_size(device: torch.device) -> int:
-    """1 on a CPU, 8 on a GPU: on 2 CPU cores a batch of 8 was ~25 % slower per photo than one photo per
-    pass (docs/benchmarks.md); batches only pay where there is parallel hardware to fill."""
-    return 1 if device.type == "cpu" else 8
-
-
 def build_segcache(photos: Path, out_h5: Path, config: SegcacheConfig = SegcacheConfig(), *,
                    segmenter: Segmenter | None = None) -> SegcacheSummary:
     """Segment every photo under ``photos`` (or this shard's share) into the cache ``out_h5``.
@@ -755,7 +748,7 @@ def build_segcache(photos: Path, out_h5: Path, config: SegcacheConfig = Segcache
         device = resolve_device(config.device)
         check_precision(config.precision, device)
         segmenter = build_segmenter(config.backend, config.weights, device, config.precision)
-    config = dataclasses.replace(config, batch_size=config.batch_size or auto_batch_size(segmenter.device))
+    config = dataclasses.replace(config, batch_size=config.batch_size or default_batch_size(segmenter.device))
     metadata = CacheMetadata.for_segmenter(segmenter, config.policy())
     out.parent.mkdir(parents=True, exist_ok=True)
     record_file = record_path_for(out)

@@ -25,9 +25,9 @@ from PIL import Image
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from advseg_cli.demo import sample_photo  # noqa: E402
-from advseg_cli.devices import resolve_device  # noqa: E402
+from advseg_cli.devices import default_batch_size, resolve_device  # noqa: E402
 from advseg_cli.edges import (  # noqa: E402
-    HED_WEIGHTS, auto_batch_size, auto_workers, EdgesConfig, extract_edges, hed_probability_to_sketch, prepare_hed_input)
+    HED_WEIGHTS, auto_workers, EdgesConfig, extract_edges, hed_probability_to_sketch, prepare_hed_input)
 from advseg_cli.weights import resolve_weights  # noqa: E402
 from bench.machine import describe_machine  # noqa: E402
 from hed import HED, load_hed_weights  # noqa: E402
@@ -122,7 +122,7 @@ def main() -> None:
     print("|---|---|---|---|---|")
     print(f"| OpenCV DNN (ONNX of our HED), one image at a time | cpu | 1 | {count / ref_s:.2f} | 1.00 |")
     workers = auto_workers(config, device)
-    print(f"| `advseg edges` (PyTorch, batched, {workers} workers) | {device.type} | {args.batch_size or auto_batch_size(device)} | "
+    print(f"| `advseg edges` (PyTorch, batched, {workers} workers) | {device.type} | {args.batch_size or default_batch_size(device)} | "
           f"{summary.done / ours_s:.2f} | {ref_s / ours_s * summary.done / count:.2f} |")
     print(f"\nMedian of {args.repeat} alternating rounds; per-round ratios: "
           f"{', '.join(f'{ratio:.2f}' for ratio in pair_ratios)}")

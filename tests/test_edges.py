@@ -189,7 +189,8 @@ def test_killed_run_resumes_and_every_output_is_valid(tmp_path: Path) -> None:
 def test_automatic_batch_and_workers_follow_the_device() -> None:
     """HED on a CPU runs one photo per pass with no decoding processes (measured faster, see
     docs/benchmarks.md); a GPU gets batches and workers; an explicit choice always wins."""
-    from advseg_cli.edges import auto_batch_size, auto_workers
+    from advseg_cli.devices import default_batch_size as auto_batch_size
+    from advseg_cli.edges import auto_workers
 
     cpu, gpu = torch.device("cpu"), torch.device("cuda", 0)
     assert (auto_batch_size(cpu), auto_batch_size(gpu)) == (1, 8)

@@ -29,7 +29,7 @@ from advseg_cli.datasets.selection import CocoRule, SceneRule, select_coco, sele
 from advseg_cli.edges import EdgesConfig, extract_edges
 from advseg_cli.errors import AdvsegError, AllInputsFailedError
 from advseg_cli.files import atomic_path, sha256_file
-from advseg_cli.images import IMAGE_EXTENSIONS, list_images
+from advseg_cli.images import list_images
 from advseg_cli.progress import progress
 from advseg_cli.runrecord import RunRecord
 from advseg_cli.segcache import SegcacheConfig, build_segcache
@@ -272,7 +272,7 @@ def prepare_dataset(name: str, root: Path, config: PrepareConfig = PrepareConfig
 
 
 def _count_images(folder: Path) -> int:
-    return sum(1 for path in folder.glob("*") if path.suffix.lower() in IMAGE_EXTENSIONS) if folder.is_dir() else 0
+    return len(list_images(folder)) if folder.is_dir() else 0
 
 
 

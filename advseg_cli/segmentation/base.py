@@ -88,6 +88,15 @@ class Segmenter(torch.nn.Module):
         }
 
 
+def same_weights(sha256_a: str | None, sha256_b: str | None) -> bool:
+    """Whether two Seg descriptions name the same weights file by content.
+
+    When they do, their model names are not compared: a ``--weights`` folder is named by its path, and
+    the same file in a moved folder is the same network.
+    """
+    return bool(sha256_a) and sha256_a == sha256_b
+
+
 def check_images(images: Tensor) -> None:
     """Seg's inputs are the training tensors: float [N,3,H,W]; anything else is a caller bug."""
     if images.dim() != 4 or images.shape[1] != 3:

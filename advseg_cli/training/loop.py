@@ -182,7 +182,7 @@ def build_segmenter_for(config: TrainConfig, device: torch.device) -> Any:
     if config.model_options.get("advseg", "none") == "none":
         return None
     from advseg_cli.segcache import SegmentationCache
-    from advseg_cli.segmentation.base import build_segmenter
+    from advseg_cli.segmentation.base import build_segmenter, same_weights
 
     assert config.segcache is not None
     cache_meta = SegmentationCache(config.segcache).metadata
@@ -191,9 +191,9 @@ def build_segmenter_for(config: TrainConfig, device: torch.device) -> Any:
     made_with = {"backend": cache_meta.backend, "model": cache_meta.model_name, "weights": cache_meta.weights_sha256}
     training = {"backend": seg.backend, "model": seg.model_name,
                 "weights": (seg.weights_record or {}).get("sha256")}
-    same_weights = bool(made_with["weights"]) and made_with["weights"] == training["weights"]
+    names_matter = not same_weights(made_with["weights"], training["weights"])
     differs = [f"{key}: cache {made_with[key]!r}, training {training[key]!r}" for key in made_with
-               if made_with[key] != training[key] and not (key == "model" and same_weights)]
+               if made_with[key] != training[key] and (key != "model" or names_matter)]
     if differs:
         raise IncompatibleInputError(
             f"--segcache {config.segcache} was made with another segmentation network ({'; '.join(differs)}); "
@@ -463,10 +463,14 @@ class Trainer:
             raise TrainingDivergedError(f"step {self.position.step}: {', '.join(bad)} became non-finite; "
                                         f"training stopped, {where}")
 
+    @property
+    def planned_steps(self) -> int:
+        """Where this run ends: all epochs, or --max-steps when that comes first."""
+        planned = self.steps_per_epoch * self.config.total_epochs
+        return min(planned, self.config.max_steps) if self.config.max_steps else planned
+
     def run(self) -> TrainSummary:
-        config, total_steps = self.config, self.steps_per_epoch * self.config.total_epochs
-        if config.max_steps:
-            total_steps = min(total_steps, config.max_steps)
+        config, total_steps = self.config, self.planned_steps
         self.model.train()
         last: dict[str, float] = {}
         pending: list[dict[str, Tensor]] = []
@@ -537,9 +541,7 @@ def train(config: TrainConfig) -> TrainSummary:
     trainer = Trainer(config)
     summary = trainer.run()
     if trainer.ddp.is_main:
-        planned = trainer.steps_per_epoch * config.total_epochs
-        if config.max_steps:
-            planned = min(planned, config.max_steps)
+        planned = trainer.planned_steps
         record.counts = {"steps": summary.steps, "planned_steps": planned, "epoch": summary.epoch}
         record.extra["last_losses"] = summary.last_losses
         record.finish("complete" if summary.steps >= planned else "stopped")
