@@ -12,7 +12,7 @@ DATASET ?= bedroom#        bedroom | elephant | sheep | illustration | cityscape
 DATA_ROOT ?= datasets#     prepared datasets: DATA_ROOT/DATASET/{trainA,trainB,testA,testB,segmaps.h5}
 RUNS ?= runs#              run folders: RUNS/DATASET/COLUMN
 RESULTS ?= results#        RESULTS/DATASET/COLUMN/{colorized,fid.json}, RESULTS/DATASET.md, RESULTS/TABLE.md
-METHODS ?= cyclegan-none cyclegan-multi cyclegan-binary cyclegan-both pix2pix-none pix2pix-multi pix2pix-binary pix2pix-both# the table columns to run (AutoPainter is not implemented)
+METHODS ?= cyclegan-none cyclegan-multi cyclegan-binary cyclegan-both autopainter pix2pix-none pix2pix-multi pix2pix-binary pix2pix-both# the table's columns to run
 GPUS ?= 1#                 >1: training runs under torchrun with this many processes
 DEVICE ?= auto#            auto | cpu | cuda | cuda:N
 PRECISION ?= fp32#         fp32 | bf16 | fp16 (training)
@@ -26,6 +26,7 @@ SEG_WEIGHTS ?=#            the backend's weights (file or folder) when not in AD
 SEG_GRAD ?= soft#          soft (the paper's loss reaches the generator) | compat (the public code's)
 TEST_MODE ?= deterministic# deterministic | public (the public test.py: random crop, train-mode norms)
 INCEPTION ?=#              pt_inception-2015-12-05-6726825d.pth when not in ADVSEG_HOME / torch hub
+VGG16 ?=#                  vgg16-397923af.pth (AutoPainter's feature loss) when not in ADVSEG_HOME / torch hub
 PREPARE_ARGS ?=#           extra options of `advseg data prepare` (--source DIR, --mirror URL, --lists DIR)
 EDGES_ARGS ?=#             extra options of `advseg edges`
 TRAIN_ARGS ?=#             extra options of `advseg train` (e.g. --ngf 32 --workers 8)
@@ -80,11 +81,11 @@ R := $(RUNS)/$(DATASET)
 OUTD := $(RESULTS)/$(DATASET)
 redo_unless_complete = $(if $(and $(wildcard $(2)),$(shell grep -qs '"status": "complete"' $(1) && echo ok)),,FORCE)
 column_model = $(word 1,$(subst -, ,$(1)))
-column_advseg = $(word 2,$(subst -, ,$(1)))
+column_advseg = $(or $(word 2,$(subst -, ,$(1))),none)
 TRAIN := $(if $(filter 1,$(GPUS)),$(ADVSEG) train,$(TORCHRUN) --nproc_per_node $(GPUS) -m advseg_cli.cli train)
 SEG_WEIGHTS_OPT := $(if $(SEG_WEIGHTS),--seg-weights $(SEG_WEIGHTS))
 
-reproduce: $(RESULTS)/$(DATASET).md ## prepare -> edges -> segcache -> 8 trainings -> colorize -> fid -> RESULTS/DATASET.md
+reproduce: $(RESULTS)/$(DATASET).md ## prepare -> edges -> segcache -> 9 trainings -> colorize -> fid -> RESULTS/DATASET.md
 	@cat $<
 
 table: | $(NEED_INSTALL) ## Assemble the finished rows into RESULTS/TABLE.md, laid out like the paper's table
@@ -110,6 +111,7 @@ $(R)/%/advseg-run.json: | $(D)/trainA/advseg-run.json $$(if $$(filter none,$$(ca
 	$(TRAIN) $(D) --name $* --runs-dir $(R) --model $(call column_model,$*) --advseg $(call column_advseg,$*) \
 	  --seg-grad $(SEG_GRAD) --epochs $(EPOCHS) --epochs-decay $(EPOCHS_DECAY) --batch-size $(BATCH) \
 	  --load-size $(LOAD) --crop-size $(CROP) --precision $(PRECISION) --device $(DEVICE) $(SEG_WEIGHTS_OPT) \
+	  $(if $(and $(VGG16),$(filter autopainter,$(call column_model,$*))),--perceptual-weights $(VGG16)) \
 	  --auto-resume $(TRAIN_ARGS)
 
 $(OUTD)/%/colorized/advseg-run.json: $(R)/%/advseg-run.json $(D)/testA/advseg-run.json $$(call redo_unless_complete,$$@,$$(@D))

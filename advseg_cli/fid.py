@@ -57,8 +57,7 @@ from torchvision.transforms.functional import to_tensor
 
 from advseg_cli import __version__
 from advseg_cli.devices import resolve_device
-from advseg_cli.errors import (AdvsegError, ImageDecodeError, IncompatibleInputError, WeightsMismatchError,
-                               WeightsNotFoundError)
+from advseg_cli.errors import AdvsegError, ImageDecodeError, IncompatibleInputError, WeightsMismatchError
 from advseg_cli.files import atomic_path, sha256_file
 from advseg_cli.images import list_images, read_rgb
 from advseg_cli.progress import progress
@@ -80,6 +79,7 @@ INCEPTION_WEIGHTS = register_weights(
         how_to_get=f"download it from {FID_WEIGHTS_URL}",
         sha256=None,  # not known to us: never downloaded automatically (our resolver needs a hash)
         url=FID_WEIGHTS_URL,
+        torch_hub=True,  # pytorch-fid downloads it into torch hub's cache
     )
 )
 
@@ -197,29 +197,13 @@ def tool_versions() -> dict[str, str]:
 
 
 # ----------------------------------------------------------------------------- weights and model
-def torch_hub_checkpoint() -> Path:
-    """Where ``torch.hub`` (hence pytorch-fid) keeps the file: ``$TORCH_HOME/hub/checkpoints/<name>``."""
-    return Path(torch.hub.get_dir()) / "checkpoints" / INCEPTION_WEIGHTS.filename
-
-
 def resolve_inception_weights(explicit: Path | None = None) -> ResolvedWeights:
     """``--weights``, then ``$ADVSEG_HOME``, then torch hub's cache (where pytorch-fid puts it).
 
     The official file's sha256 is not known to us, so it is never downloaded; the error says where
-    to put it. (A generic "extra places to look" in WeightsSpec would make this function unneeded.)
+    to put it.
     """
-    try:
-        return resolve_weights(INCEPTION_WEIGHTS.name, explicit)
-    except WeightsNotFoundError:
-        if explicit is not None:
-            raise
-    hub = torch_hub_checkpoint()
-    if hub.is_file():
-        return ResolvedWeights(INCEPTION_WEIGHTS.name, hub.resolve(), sha256_file(hub), "torch-hub")
-    raise WeightsNotFoundError(
-        f"{INCEPTION_WEIGHTS.filename} not found: download it from {FID_WEIGHTS_URL} and put it in "
-        f"{advseg_home()} or {hub.parent}, or pass --weights PATH"
-    )
+    return resolve_weights(INCEPTION_WEIGHTS.name, explicit)
 
 
 def load_inception_state(path: Path) -> dict[str, torch.Tensor]:

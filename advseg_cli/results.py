@@ -3,8 +3,7 @@
 ``make reproduce`` leaves, per dataset and column, ``RESULTS/DATASET/COLUMN/fid.json`` (``advseg fid
 --json``) and a run folder ``RUNS/DATASET/COLUMN``. ``write_row`` turns one dataset's into
 ``RESULTS/DATASET.md`` (+ ``.json``) with the settings that produced each number; ``write_table``
-lays the finished rows out as the paper's table. A column we cannot produce says so instead of
-disappearing, and a column not run yet says that.
+lays the finished rows out as the paper's table. A column not run yet says so instead of disappearing.
 """
 
 from __future__ import annotations
@@ -24,7 +23,7 @@ from advseg_cli.runrecord import FOLDER_RECORD_NAME
 class Column:
     key: str  # folder name under RUNS/DATASET and RESULTS/DATASET
     header: str
-    model: str | None  # None: a method advseg does not implement
+    model: str  # advseg train --model
     advseg: str = "none"
 
 
@@ -33,13 +32,12 @@ COLUMNS = (
     Column("cyclegan-multi", "+Multi", "cyclegan", "multi"),
     Column("cyclegan-binary", "+Binary", "cyclegan", "binary"),
     Column("cyclegan-both", "+Both", "cyclegan", "both"),
-    Column("autopainter", "AutoPainter", None),
+    Column("autopainter", "AutoPainter", "autopainter"),
     Column("pix2pix-none", "Pix2Pix", "pix2pix"),
     Column("pix2pix-multi", "+Multi", "pix2pix", "multi"),
     Column("pix2pix-binary", "+Binary", "pix2pix", "binary"),
     Column("pix2pix-both", "+Both", "pix2pix", "both"),
 )
-IMPLEMENTED = tuple(column.key for column in COLUMNS if column.model is not None)
 
 # FID (lower is better), Hicsonmez et al. ICIP 2021, Table 1; columns in COLUMNS order.
 PAPER_FID: dict[str, tuple[float, ...]] = {
@@ -48,7 +46,6 @@ PAPER_FID: dict[str, tuple[float, ...]] = {
     "elephant": (126.4, 103.9, 91.9, 116.9, 155.1, 83.5, 85.8, 78.8, 82.8),
     "sheep": (209.3, 207.2, 236.1, 196.8, 233.1, 157.0, 159.9, 162.0, 150.5),
 }
-NOT_IMPLEMENTED = "not implemented"
 NOT_RUN = "not run"
 
 
@@ -69,8 +66,6 @@ def _read_json(path: Path) -> dict[str, Any] | None:
 def column_result(dataset: str, column: Column, results: Path, runs: Path) -> dict[str, Any]:
     """Everything the report says about one column: our FID, the paper's, and how ours was made."""
     cell: dict[str, Any] = {"column": column.key, "header": column.header, "paper": paper_value(dataset, column)}
-    if column.model is None:
-        return {**cell, "status": NOT_IMPLEMENTED, "fid": None}
     fid = _read_json(results / dataset / column.key / "fid.json")
     if fid is None:
         return {**cell, "status": NOT_RUN, "fid": None}
@@ -79,13 +74,14 @@ def column_result(dataset: str, column: Column, results: Path, runs: Path) -> di
     train_record = _read_json(run_dir / FOLDER_RECORD_NAME) or {}
     colorize_record = _read_json(results / dataset / column.key / "colorized" / FOLDER_RECORD_NAME) or {}
     segmenter, model_config = config.get("segmenter") or {}, config.get("model_config") or {}
+    perceptual = (config.get("perceptual") or {}).get("weights") or {}
     weights = fid.get("weights") or {}
     return {**cell, "status": "done", "fid": float(fid["fid"]),
             "run": str(run_dir), "steps": (train_record.get("counts") or {}).get("steps"),
             "model": config.get("model"), "advseg": model_config.get("advseg", "none"),
             "seg_grad": model_config.get("seg_grad") if model_config.get("advseg", "none") != "none" else None, "seg_backend": segmenter.get("backend"),
             "test_mode": (colorize_record.get("options") or {}).get("test_mode"),
-            "inception_sha256": weights.get("sha256"), "dims": (fid.get("settings") or {}).get("dims"),
+            "inception_sha256": weights.get("sha256"), "vgg16_sha256": perceptual.get("sha256"), "dims": (fid.get("settings") or {}).get("dims"),
             "images": {"real": (fid.get("real") or {}).get("images"), "fake": (fid.get("fake") or {}).get("images")}}
 
 
@@ -125,7 +121,8 @@ def row_markdown(dataset: str, cells: list[dict[str, Any]]) -> str:
                      f"{cell['steps']} steps; model {cell['model']}, advseg {cell['advseg']}, seg-grad "
                      f"{cell['seg_grad'] or '—'}, seg backend {cell['seg_backend'] or '—'}; test mode {cell['test_mode']}; "
                      f"{cell['images']['fake']} colorized vs {cell['images']['real']} real test photos, "
-                     f"{cell['dims']}-d features; Inception sha256 {cell['inception_sha256']}")
+                     f"{cell['dims']}-d features; Inception sha256 {cell['inception_sha256']}"
+                     + (f"; VGG16 (feature loss) sha256 {cell['vgg16_sha256']}" if cell.get("vgg16_sha256") else ""))
     return "\n".join(lines) + "\n"
 
 

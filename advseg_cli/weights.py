@@ -1,8 +1,8 @@
 """Where model weights come from, decided in one place.
 
 Order (DESIGN.md): an explicit ``--weights PATH``; the cache folder ``$ADVSEG_HOME`` (default
-``~/.cache/advseg``); a file an installed package ships; a download from the official URL with a
-sha256 check. When none works, the error names the file, where to get it and which option takes it.
+``~/.cache/advseg``); a file an installed package ships; torch hub's cache, for files that torchvision
+or pytorch-fid download there; a download from the official URL with a sha256 check. When none works, the error names the file, where to get it and which option takes it.
 Downloads never happen when ``ADVSEG_OFFLINE=1`` (the tests set it).
 """
 
@@ -29,6 +29,9 @@ class WeightsSpec:
     sha256: str | None = None  # known content hash of the official file, checked when it is used
     package: tuple[str, str] | None = None  # (distribution name, path inside it)
     url: str | None = None  # official download location (only used together with sha256)
+    sha256_prefix: str | None = None  # the leading hex digits published in the file name (torchvision's
+    #                                   convention, e.g. vgg16-397923af.pth), checked when no full hash is known
+    torch_hub: bool = False  # also look in torch hub's checkpoints folder, where torchvision/pytorch-fid put it
 
 
 @dataclasses.dataclass(frozen=True)
@@ -38,7 +41,7 @@ class ResolvedWeights:
     name: str
     path: Path
     sha256: str
-    source: str  # explicit | cache | package | download
+    source: str  # explicit | cache | package | torch-hub | download
 
     def as_record(self) -> dict[str, str]:
         return {"name": self.name, "path": str(self.path), "sha256": self.sha256, "source": self.source}
@@ -101,15 +104,34 @@ def _download(spec: WeightsSpec, target: Path) -> None:
         ) from None
 
 
+def torch_hub_checkpoints() -> Path:
+    """Where ``torch.hub`` keeps downloaded weights: ``$TORCH_HOME/hub/checkpoints``."""
+    import torch.hub
+
+    return Path(torch.hub.get_dir()) / "checkpoints"
+
+
 def _checked(spec: WeightsSpec, path: Path, source: str) -> ResolvedWeights:
-    """Hash a file we found; a cached or downloaded copy must match the known hash."""
+    """Hash a file we found; a copy we found ourselves must match the known hash (or its prefix).
+
+    A file the user named explicitly is trusted: fine-tuned weights have their own hash.
+    """
     digest = sha256_file(path)
-    if spec.sha256 and source != "explicit" and digest != spec.sha256:
+    expected = spec.sha256 or spec.sha256_prefix
+    if expected and source != "explicit" and not digest.startswith(expected):
         raise WeightsMismatchError(
             f"{path}: sha256 {digest[:12]}... is not the official {spec.filename} "
-            f"({spec.sha256[:12]}...); {spec.how_to_get}, or pass a file you trust with {spec.option} PATH"
+            f"({expected[:12]}...); {spec.how_to_get}, or pass a file you trust with {spec.option} PATH"
         )
     return ResolvedWeights(spec.name, path.resolve(), digest, source)
+
+
+def _places_to_look(spec: WeightsSpec) -> list[tuple[Path, str]]:
+    """Existing files in the search order, each with the name of where it was found."""
+    places = [(advseg_home() / spec.filename, "cache"), (_packaged_file(spec), "package")]
+    if spec.torch_hub:
+        places.append((torch_hub_checkpoints() / spec.filename, "torch-hub"))
+    return [(path, source) for path, source in places if path is not None and path.is_file()]
 
 
 def resolve_weights(
@@ -122,16 +144,13 @@ def resolve_weights(
         if not explicit.exists():
             raise WeightsNotFoundError(f"{spec.option} {explicit}: no such file")
         return _checked(spec, explicit, "explicit")
+    found = _places_to_look(spec)
+    if found:
+        return _checked(spec, *found[0])
     cached = advseg_home() / spec.filename
-    if cached.is_file():
-        return _checked(spec, cached, "cache")
-    packaged = _packaged_file(spec)
-    if packaged is not None:
-        return _checked(spec, packaged, "package")
     if spec.url and spec.sha256 and not offline():
         (downloader or _download)(spec, cached)
         return _checked(spec, cached, "download")
-    raise WeightsNotFoundError(
-        f"{spec.filename} not found: {spec.how_to_get}, then put it in {advseg_home()} "
-        f"or pass {spec.option} PATH"
-    )
+    where = f"{advseg_home()} or {torch_hub_checkpoints()}" if spec.torch_hub else str(advseg_home())
+    raise WeightsNotFoundError(f"{spec.filename} not found: {spec.how_to_get}, then put it in {where} "
+                               f"or pass {spec.option} PATH")

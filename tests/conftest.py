@@ -16,8 +16,9 @@ torch.set_num_threads(1)
 
 @pytest.fixture(autouse=True)
 def _isolated_home(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> None:
-    """No test reads or writes the user's cache, and nothing is downloaded."""
+    """No test reads or writes the user's caches (ours and torch hub's), and nothing is downloaded."""
     monkeypatch.setenv("ADVSEG_HOME", str(tmp_path_factory.mktemp("advseg-home")))
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path_factory.mktemp("torch-home")))
     monkeypatch.setenv("ADVSEG_OFFLINE", "1")
 
 

