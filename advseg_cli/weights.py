@@ -28,7 +28,7 @@ class WeightsSpec:
     how_to_get: str  # one phrase telling a user where the file comes from
     sha256: str | None = None  # known content hash of the official file, checked when it is used
     package: tuple[str, str] | None = None  # (distribution name, path inside it)
-    url: str | None = None  # official download location (only used together with sha256)
+    url: str | None = None  # official download location (only used together with sha256 or sha256_prefix)
     sha256_prefix: str | None = None  # the leading hex digits published in the file name (torchvision's
     #                                   convention, e.g. vgg16-397923af.pth), checked when no full hash is known
     torch_hub: bool = False  # also look in torch hub's checkpoints folder, where torchvision/pytorch-fid put it
@@ -88,13 +88,27 @@ def _packaged_file(spec: WeightsSpec) -> Path | None:
     return located if located.is_file() else None
 
 
+def _prefix_problem(path: Path, prefix: str) -> str | None:
+    digest = sha256_file(path)
+    return None if digest.startswith(prefix) else f"sha256 {digest[:12]}..., expected {prefix}..."
+
+
 def _download(spec: WeightsSpec, target: Path) -> None:
-    """Fetch ``spec.url`` into ``target`` with the shared downloader (resumable, sha256-verified)."""
+    """Fetch ``spec.url`` into ``target`` with the shared downloader (resumable, hash-verified).
+
+    With only a published prefix (torchvision's files) the check is the one torchvision itself makes;
+    the file is then read with ``weights_only=True`` like every weights file, so it cannot run code.
+    """
     from advseg_cli.download import DownloadCorruptError, DownloadFailedError, Expected, download
 
-    assert spec.url and spec.sha256
+    assert spec.url and (spec.sha256 or spec.sha256_prefix)
+    if spec.sha256:
+        expected = Expected(digest=spec.sha256)
+    else:
+        prefix = str(spec.sha256_prefix)
+        expected = Expected(validate=lambda path: _prefix_problem(path, prefix))
     try:
-        download(spec.url, target, Expected(digest=spec.sha256), label=spec.filename)
+        download(spec.url, target, expected, label=spec.filename)
     except DownloadCorruptError as exc:
         raise WeightsMismatchError(f"{exc}; try again or {spec.how_to_get}") from None
     except (DownloadFailedError, AdvsegError) as exc:
@@ -148,7 +162,7 @@ def resolve_weights(
     if found:
         return _checked(spec, *found[0])
     cached = advseg_home() / spec.filename
-    if spec.url and spec.sha256 and not offline():
+    if spec.url and (spec.sha256 or spec.sha256_prefix) and not offline():
         (downloader or _download)(spec, cached)
         return _checked(spec, cached, "download")
     where = f"{advseg_home()} or {torch_hub_checkpoints()}" if spec.torch_hub else str(advseg_home())

@@ -79,6 +79,19 @@ def test_download_is_verified_and_atomic(served: str, monkeypatch: pytest.Monkey
     assert not (advseg_home() / "t-download-bad.bin").exists()  # nothing half-trusted left behind
 
 
+def test_a_published_hash_prefix_is_enough_to_download_and_is_checked(served: str,
+                                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    """torchvision's convention (vgg16-397923af.pth): the file name carries the start of its sha256."""
+    monkeypatch.setenv("ADVSEG_OFFLINE", "0")
+    _spec("t-prefix", sha256_prefix=DIGEST[:8], url=served)
+    resolved = resolve_weights("t-prefix")
+    assert resolved.source == "download" and resolved.sha256 == DIGEST
+    _spec("t-prefix-bad", sha256_prefix="397923af", url=served)
+    with pytest.raises(WeightsMismatchError, match="expected 397923af"):
+        resolve_weights("t-prefix-bad")
+    assert not (advseg_home() / "t-prefix-bad.bin").exists()
+
+
 def test_offline_never_downloads(served: str) -> None:
     _spec("t-offline", sha256=DIGEST, url=served)
     with pytest.raises(WeightsNotFoundError):

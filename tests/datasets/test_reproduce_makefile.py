@@ -32,7 +32,7 @@ TINY_TRAIN = "--arch resnet_6blocks --ngf 4 --ndf 4 --n-layers-d 2 --workers 0 -
 
 
 def make(target: str, variables: dict[str, str], env: dict[str, str]) -> subprocess.CompletedProcess:
-    command = ["make", "--no-print-directory", "-C", str(REPO), target, *(f"{k}={v}" for k, v in variables.items())]
+    command = ["make", "--no-print-directory", "-j2", "-C", str(REPO), target, *(f"{k}={v}" for k, v in variables.items())]
     return subprocess.run(command, capture_output=True, text=True, timeout=900, env=env)
 
 
