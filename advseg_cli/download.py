@@ -118,11 +118,13 @@ def _transfer(url: str, part: Path, *, timeout: float, quiet: bool, label: str) 
 
 
 def download(url: str, destination: Path, expected: Expected = Expected(), *, attempts: int = 3,
-             timeout: float = 60.0, quiet: bool = False, label: str | None = None) -> Path:
+             timeout: float = 60.0, quiet: bool = False, label: str | None = None,
+             unreachable_hint: str = "point --mirror at a copy of the data") -> Path:
     """Make ``destination`` a verified copy of ``url``; returns it. Re-running is free once it exists.
 
-    Raises ``HostUnreachableError`` (a usage-level error: exit 2) when the host cannot be reached on the
-    first try, and ``DownloadFailedError`` when the file stays broken after ``attempts`` tries.
+    Raises ``HostUnreachableError`` (a usage-level error: exit 2, its message ending with
+    ``unreachable_hint``, the caller's way around) when the host cannot be reached on the first try,
+    and ``DownloadFailedError`` when the file stays broken after ``attempts`` tries.
     """
     if destination.exists():
         if expected.problem_with(destination) is None:
@@ -144,7 +146,7 @@ def download(url: str, destination: Path, expected: Expected = Expected(), *, at
             if _is_unreachable(exc):
                 raise HostUnreachableError(
                     f"cannot reach {_host(url)} ({getattr(exc, 'reason', exc)}); check the network, or "
-                    f"point --mirror at a copy of the data") from None
+                    f"{unreachable_hint}") from None
             raise DownloadFailedError(f"{url}: {exc}") from None
         problem = expected.problem_with(part)
         if problem is None:

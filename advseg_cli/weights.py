@@ -99,7 +99,8 @@ def _download(spec: WeightsSpec, target: Path) -> None:
     With only a published prefix (torchvision's files) the check is the one torchvision itself makes;
     the file is then read with ``weights_only=True`` like every weights file, so it cannot run code.
     """
-    from advseg_cli.download import DownloadCorruptError, DownloadFailedError, Expected, download
+    from advseg_cli.download import (DownloadCorruptError, DownloadFailedError, Expected, HostUnreachableError,
+                                     download)
 
     assert spec.url and (spec.sha256 or spec.sha256_prefix)
     if spec.sha256:
@@ -108,7 +109,10 @@ def _download(spec: WeightsSpec, target: Path) -> None:
         prefix = str(spec.sha256_prefix)
         expected = Expected(validate=lambda path: _prefix_problem(path, prefix))
     try:
-        download(spec.url, target, expected, label=spec.filename)
+        download(spec.url, target, expected, label=spec.filename,
+                 unreachable_hint=f"{spec.how_to_get}, put it in {advseg_home()} or pass {spec.option} PATH")
+    except HostUnreachableError:
+        raise
     except DownloadCorruptError as exc:
         raise WeightsMismatchError(f"{exc}; try again or {spec.how_to_get}") from None
     except (DownloadFailedError, AdvsegError) as exc:
