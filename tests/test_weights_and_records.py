@@ -92,6 +92,18 @@ def test_a_published_hash_prefix_is_enough_to_download_and_is_checked(served: st
     assert not (advseg_home() / "t-prefix-bad.bin").exists()
 
 
+def test_an_unreachable_weights_host_says_where_else_the_file_can_come_from(monkeypatch: pytest.MonkeyPatch) -> None:
+    from advseg_cli.download import HostUnreachableError
+
+    monkeypatch.setenv("ADVSEG_OFFLINE", "0")
+    _spec("t-down", sha256_prefix="397923af", url="http://127.0.0.1:9/w.bin")  # port 9: nothing listens
+    with pytest.raises(HostUnreachableError) as caught:
+        resolve_weights("t-down")
+    message = str(caught.value)
+    assert "cannot reach 127.0.0.1" in message and "get it from the test" in message and "--weights PATH" in message
+    assert "--mirror" not in message  # that option belongs to `advseg data`, not to weights
+
+
 def test_offline_never_downloads(served: str) -> None:
     _spec("t-offline", sha256=DIGEST, url=served)
     with pytest.raises(WeightsNotFoundError):
