@@ -42,7 +42,7 @@ help: ## List the targets and the variables a user may change
 	@echo "Targets:"
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed -E 's/:.*## /\t/' | awk -F'\t' '{printf "  %-10s %s\n", $$1, $$2}'
 	@echo "Variables (make TARGET NAME=value):"
-	@grep -E '^[A-Z_]+ \?=' $(MAKEFILE_LIST) | sed -E 's/ \?= ?/\t/; s/#\s*/\t/' | awk -F'\t' '{printf "  %-13s %-22s %s\n", $$1, ($$2 == "" ? "(empty)" : $$2), $$3}' | cut -c1-150
+	@grep -E '^[A-Z0-9_]+ \?=' $(MAKEFILE_LIST) | sed -E 's/ \?= ?/\t/; s/#\s*/\t/' | awk -F'\t' '{printf "  %-13s %-22s %s\n", $$1, ($$2 == "" ? "(empty)" : $$2), $$3}' | cut -c1-200
 
 install: $(STAMP) ## Create $(VENV) with pinned dependencies, real HED weights and advseg itself
 

@@ -120,3 +120,11 @@ def test_make_n_lists_the_full_chain(dataset: str) -> None:
                f"--advseg {column.advseg} " in lines and f"{column.key}/colorized" in lines
     assert lines.count(" train ") == 9 and lines.count(" fid ") == 9
     assert f"results row {dataset}" in lines
+
+
+def test_make_help_lists_every_variable_a_user_may_set() -> None:
+    names = re.findall(r"^([A-Z][A-Z0-9_]*) \?=", (REPO / "Makefile").read_text(), re.M)
+    shown = subprocess.run(["make", "--no-print-directory", "-C", str(REPO), "help"], capture_output=True, text=True,
+                           timeout=60).stdout
+    listed = re.findall(r"^  ([A-Z][A-Z0-9_]*) ", shown, re.M)
+    assert "VGG16" in names and listed == names
