@@ -12,6 +12,7 @@ from PIL import Image
 from advseg_cli.errors import IncompatibleInputError
 from advseg_cli.segcache import SegcacheConfig, build_segcache
 from advseg_cli.training.loop import Trainer, train
+from tests.helpers import write_vgg16_weights
 from tests.segmentation.tiny_mask2former import save_tiny_mask2former
 from tests.training.test_training import losses, make_dataset, tiny_config
 
@@ -38,10 +39,11 @@ def _config(seg_setup: tuple[Path, Path, Path], runs: Path, **changes: object):
     return tiny_config(data, runs, model_options=options, **changes)
 
 
-@pytest.mark.parametrize(("model", "seg_grad"), [("cyclegan", "soft"), ("pix2pix", "compat")])
+@pytest.mark.parametrize(("model", "seg_grad"), [("cyclegan", "soft"), ("pix2pix", "compat"), ("autopainter", "soft")])
 def test_both_segmentation_discriminators_train(seg_setup, tmp_path: Path, model: str, seg_grad: str) -> None:
+    extra = {"perceptual_weights": write_vgg16_weights(tmp_path / "vgg.pth")} if model == "autopainter" else {}
     run = train(_config(seg_setup, tmp_path, model=model, max_steps=2, sample_every=2,
-                        model_options={"seg_grad": seg_grad})).run_dir
+                        model_options={"seg_grad": seg_grad}, **extra)).run_dir
     rows = losses(run)
     assert {"loss/G_M", "loss/G_Bin", "loss/D_M", "loss/D_Bin"} <= set(rows[0])
     assert all(np.isfinite(list(row.values())).all() for row in rows)
