@@ -1,7 +1,7 @@
 """Benchmark: ``advseg train`` speed for every model x advseg variant, Seg's share of a step, loop overhead.
 
-For each variant (cyclegan / pix2pix x advseg none / multi / binary / both with ``--seg-grad soft``, plus
-``compat`` for the variants named by ``--compat``), one run on the same machine measures:
+For each variant (cyclegan / pix2pix / autopainter x advseg none / multi / binary / both with ``--seg-grad
+soft``, plus ``compat`` for the variants named by ``--compat``), one run on the same machine measures:
 
 * **loop**: the real ``Trainer.run()`` (DataLoader with ``--workers``, decode, resize, crop, the
   segcache read, device copy, ``Trainer.step``, metric logging every ``--log-every`` steps), timed over
@@ -29,6 +29,8 @@ reduced configuration (small Swin, 32 queries) with random weights; ``mask2forme
 (CUDA default) is the real Swin-T COCO panoptic configuration with random weights; or pass a folder of
 real weights (``save_pretrained``). Speed depends on the architecture, not the weights; the output
 says which was used. The segcache of the photos is built with the same Seg before timing.
+
+AutoPainter's VGG16 (up to relu3_2) has random weights too, in torchvision's file layout.
 
 Data: ``--images`` real photos (crops of scikit-image's photos, stored at the crop size like the
 public 256 px datasets and resized to ``load = crop * 286 / 256`` by the loader) and their Canny
@@ -65,7 +67,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import advseg_cli.training.loop as loop_module  # noqa: E402
 from advseg_cli.devices import autocast, check_precision, resolve_device  # noqa: E402
-from advseg_cli.models.advseg import ADVSEG_MODES, build_model, model_config  # noqa: E402
+from advseg_cli.models.advseg import ADVSEG_MODES, MODELS as MODEL_TYPES, build_model, model_config  # noqa: E402
+from advseg_cli.models.perceptual import PerceptualFeatures, build_perceptual  # noqa: E402
 from advseg_cli.segcache import SegcacheConfig, build_segcache  # noqa: E402
 from advseg_cli.segmentation.base import build_segmenter  # noqa: E402
 from advseg_cli.segmentation.classes import COCO_STUFF_NAMES, COCO_THING_NAMES, NUM_CLASSES  # noqa: E402
@@ -74,7 +77,7 @@ from bench.machine import describe_machine  # noqa: E402
 from hed import canny  # noqa: E402
 
 PHOTOS = ("astronaut", "chelsea", "coffee", "rocket", "hubble_deep_field", "immunohistochemistry")  # shipped
-MODELS = ("cyclegan", "pix2pix")
+MODELS = ("cyclegan", "pix2pix", "autopainter")
 SEG_CHOICES = ("mask2former-tiny-random", "mask2former-swin-tiny-random")
 NEVER = 10**9  # sample_every / save_every: no grid or checkpoint inside the timed window
 
@@ -138,6 +141,17 @@ def prepare_seg(spec: str, folder: Path) -> tuple[Path, str]:
 
 
 # ----------------------------------------------------------------------------- timing helpers
+def save_random_vgg16(path: Path) -> Path:
+    """AutoPainter's feature network with PyTorch's default init, saved in torchvision's key layout."""
+    state = {f"features.{name}": tensor for name, tensor in PerceptualFeatures().features.state_dict().items()}
+    torch.save(state, path)
+    return path
+
+
+def perceptual_weights_for(model: str, vgg_file: Path) -> Path | None:
+    return vgg_file if MODEL_TYPES[model][1].uses_perceptual else None
+
+
 def synchronize(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
@@ -376,7 +390,7 @@ def _is_out_of_memory(error: BaseException) -> bool:
     return isinstance(error, torch.OutOfMemoryError) or "out of memory" in text or "ALLOC_FAILED" in text
 
 
-def fits_on_device(model_name: str, options: dict[str, Any], seg_folder: Path | None, size: int,
+def fits_on_device(model_name: str, options: dict[str, Any], seg_folder: Path | None, vgg_file: Path, size: int,
                    device: torch.device, precision: str) -> Callable[[int], bool]:
     """A probe: do three bare steps of this variant at this batch size run without running out of
     memory? (Three, so that the image pools hold up to 3 batches, as they do during training.)"""
@@ -385,7 +399,10 @@ def fits_on_device(model_name: str, options: dict[str, Any], seg_folder: Path | 
         try:
             parts["seg"] = (build_segmenter("mask2former", seg_folder, device, precision)
                             if options["advseg"] != "none" else None)
-            model = build_model(model_name, model_config(model_name, **options), parts["seg"]).to(device).train()
+            vgg = perceptual_weights_for(model_name, vgg_file)
+            perceptual = build_perceptual("relu3_2", vgg, device) if vgg is not None else None
+            model = build_model(model_name, model_config(model_name, **options), parts["seg"],
+                                perceptual=perceptual).to(device).train()
             parts["trainer"] = argparse.Namespace(
                 model=model, device=device, config=argparse.Namespace(precision=precision),
                 scaler=torch.amp.GradScaler(device.type, enabled=precision == "fp16"),
@@ -429,14 +446,15 @@ class Row:
 
 
 def measure_variant(model: str, advseg: str, seg_grad: str, base: TrainConfig, args: argparse.Namespace,
-                    segcache: Path, seg_folder: Path) -> Row:
+                    segcache: Path, seg_folder: Path, vgg_file: Path) -> Row:
     """CPU: each timed loop step is followed by a bare step on the same batch (paired: both see the
     same load of a shared machine). CUDA: a clean loop pass, then bare passes on a pre-loaded batch,
     because synchronising after every loop step would stop the CPU from running ahead of the GPU."""
     options = {"advseg": advseg, "seg_grad": seg_grad, "ngf": args.ngf, "ndf": args.ndf, "arch": args.arch}
     uses_seg = advseg != "none"
     config = dataclasses.replace(base, name=f"{model}-{advseg}-{seg_grad}", model=model, model_options=options,
-                                 segcache=segcache if uses_seg else None, seg_weights=seg_folder if uses_seg else None)
+                                 segcache=segcache if uses_seg else None, seg_weights=seg_folder if uses_seg else None,
+                                 perceptual_weights=perceptual_weights_for(model, vgg_file))
     trainer = Trainer(config)
     seg_spent = Clock()
     if trainer.device.type != "cuda":
@@ -567,6 +585,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="bench-train-") as tmp:
         root = Path(tmp)
         seg_folder, seg_note = prepare_seg(args.seg, root)
+        vgg_file = save_random_vgg16(root / "vgg16-random.pth")
         batch_sizes = {}
         for variant in todo:
             if args.batch_size != "max":
@@ -576,8 +595,8 @@ def main() -> None:
                 raise SystemExit("--batch-size max searches the GPU memory: it needs a CUDA device")
             options = {"advseg": variant[1], "seg_grad": variant[2], "ngf": args.ngf, "ndf": args.ndf,
                        "arch": args.arch}
-            batch_sizes[variant] = largest_batch(fits_on_device(variant[0], options, seg_folder, args.size, device,
-                                                                args.precision))
+            batch_sizes[variant] = largest_batch(fits_on_device(variant[0], options, seg_folder, vgg_file, args.size,
+                                                                device, args.precision))
             print(f"largest batch of {'-'.join(variant)}: {batch_sizes[variant]}", flush=True)
         largest = max(batch_sizes.values())
         count = max(args.images or largest * (args.warmup + args.steps + 1), largest)
@@ -594,7 +613,7 @@ def main() -> None:
         rows = []
         for model, advseg, seg_grad in todo:
             config = dataclasses.replace(base, batch_size=batch_sizes[(model, advseg, seg_grad)])
-            rows.append(measure_variant(model, advseg, seg_grad, config, args, segcache, seg_folder))
+            rows.append(measure_variant(model, advseg, seg_grad, config, args, segcache, seg_folder, vgg_file))
             print(f"  done {model}-{advseg}-{seg_grad}: {rows[-1].loop.wall:.3f} s/step", file=sys.stderr, flush=True)
 
     print(f"\nMachine: {describe_machine(device)}; device {device}; {args.precision}; "
