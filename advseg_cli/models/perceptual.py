@@ -18,7 +18,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from advseg_cli.errors import WeightsMismatchError
+from advseg_cli.errors import AdvsegError, WeightsMismatchError
 from advseg_cli.weights import ResolvedWeights, WeightsSpec, register_weights, resolve_weights
 
 VGG16_URL = "https://download.pytorch.org/models/vgg16-397923af.pth"
@@ -78,7 +78,7 @@ class PerceptualFeatures(nn.Module):
     def __init__(self, layer: str = "relu3_2") -> None:
         super().__init__()
         if layer not in PERCEPTUAL_LAYERS:
-            raise WeightsMismatchError(f"--perceptual-layer {layer}: use one of {', '.join(PERCEPTUAL_LAYERS)}")
+            raise AdvsegError(f"--perceptual-layer {layer}: use one of {', '.join(PERCEPTUAL_LAYERS)}")
         self.layer = layer
         self.features = vgg16_features(PERCEPTUAL_LAYERS[layer])
         self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), persistent=False)
@@ -93,7 +93,7 @@ class PerceptualFeatures(nn.Module):
 
     def load_torchvision_state(self, state: dict[str, Any], source: str) -> None:
         """Copy the ``features.N.weight/bias`` entries we need; everything else in the file is ignored."""
-        wanted = {name: tensor for name, tensor in self.features.state_dict().items()}
+        wanted = self.features.state_dict()
         missing = [f"features.{name}" for name in wanted if not isinstance(state.get(f"features.{name}"), Tensor)]
         if missing:
             raise WeightsMismatchError(
