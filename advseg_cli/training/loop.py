@@ -8,6 +8,7 @@ checkpoints, samples and metrics.
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import dataclasses
 import json
@@ -138,6 +139,19 @@ def setup_distributed(device_name: str) -> tuple[Distributed, torch.device]:
     if not dist.is_initialized():
         dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
     return Distributed(rank, world), device
+
+
+@contextlib.contextmanager
+def main_process_first(ddp: Distributed) -> Iterator[None]:
+    """Rank 0 runs the block first, then the other ranks: a download into the shared weights cache
+    happens once, and the others find the finished file instead of racing on its ``.part``."""
+    if ddp.world > 1 and not ddp.is_main:
+        dist.barrier()
+    try:
+        yield
+    finally:
+        if ddp.world > 1 and ddp.is_main:
+            dist.barrier()
 
 
 def average_gradients(parameters: list[torch.nn.Parameter], world: int) -> None:
@@ -360,8 +374,9 @@ class Trainer:
         if self.steps_per_epoch == 0:
             raise AdvsegError(f"--batch-size {config.batch_size}: larger than the {len(self.dataset)} training "
                               f"samples per process; use a smaller batch")
-        seg = build_segmenter_for(config, self.device)
-        perceptual = build_perceptual_for(config, self.device)
+        with main_process_first(self.ddp):  # frozen networks whose weights may be downloaded
+            seg = build_segmenter_for(config, self.device)
+            perceptual = build_perceptual_for(config, self.device)
         self.model = build_model(config.model, model_config(config.model, **config.model_options), seg,
                                  pool_seed=config.seed * 1000 + self.ddp.rank, perceptual=perceptual).to(self.device)
         if config.channels_last:

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import os
 import sys
+import time
 from pathlib import Path
 
 import torch
 
-from advseg_cli.training.loop import Trainer
+from advseg_cli.training.loop import Trainer, main_process_first
 from tests.training.test_training import tiny_config
 
 
@@ -19,6 +20,11 @@ def main() -> None:
     rank = int(os.environ["RANK"])
     torch.save({k: v.detach().cpu() for k, v in trainer.model.named_parameters()}, out / f"rank{rank}.pt")
     torch.save(trainer.steps_per_epoch, out / f"spe{rank}.pt")
+    with main_process_first(trainer.ddp):  # rank 0 is slow here: without the barrier, rank 1 writes first
+        if rank == 0:
+            time.sleep(1.0)
+        with open(out / "order.txt", "a") as handle:
+            handle.write(f"{rank}\n")
 
 
 if __name__ == "__main__":

@@ -153,6 +153,7 @@ def test_two_process_ddp_keeps_parameters_identical(data: Path, tmp_path: Path) 
     assert zero.keys() == one.keys()
     assert all(torch.equal(zero[k], one[k]) for k in zero)
     assert torch.load(tmp_path / "spe0.pt") == 4  # each rank took half of the 8 samples
+    assert (tmp_path / "order.txt").read_text() == "0\n1\n"  # main_process_first: rank 0's block ran first
 
 
 def test_init_from_public_generator_weights_starts_a_new_run_at_step_0(data: Path, tmp_path: Path) -> None:
