@@ -36,7 +36,7 @@ TORCHRUN ?= $(VENV)/bin/torchrun
 NEED_INSTALL ?= $(STAMP)
 
 .DEFAULT_GOAL := help
-.PHONY: help install test demo bench clean reproduce table FORCE
+.PHONY: help install test demo bench clean reproduce table weights-check FORCE
 
 help: ## List the targets and the variables a user may change
 	@echo "Targets:"
@@ -93,7 +93,15 @@ table: | $(NEED_INSTALL) ## Assemble the finished rows into RESULTS/TABLE.md, la
 
 FORCE:
 
-$(D)/advseg-data.json: | $(NEED_INSTALL)
+# The weights the chain will need, checked before anything starts (and fetched when they can be), so a
+# missing Inception or VGG16 file stops make in the first minute instead of after days of training.
+NEEDED_WEIGHTS = --need inception-fid$(if $(INCEPTION),=$(INCEPTION)) \
+  $(if $(filter autopainter,$(METHODS)),--need vgg16-imagenet$(if $(VGG16),=$(VGG16)))
+
+weights-check: | $(NEED_INSTALL) ## Check that the weights make reproduce needs are available
+	@$(ADVSEG) weights $(NEEDED_WEIGHTS) || { echo "make: set INCEPTION=PATH / VGG16=PATH, or put the files where the line above says" >&2; exit 2; }
+
+$(D)/advseg-data.json: | $(NEED_INSTALL) weights-check
 	$(ADVSEG) data prepare $(DATASET) $(DATA_ROOT) --steps fetch $(PREPARE_ARGS)
 
 $(D)/trainA/advseg-run.json: $(call redo_unless_complete,$(D)/trainA/advseg-run.json,$(D)/trainA) | $(D)/advseg-data.json

@@ -105,8 +105,9 @@ def _register_stage_commands() -> None:
     from advseg_cli.commands.results import results
     from advseg_cli.commands.segcache import segcache
     from advseg_cli.commands.train import train
+    from advseg_cli.commands.weights import weights
 
-    for command in (data, segcache, train, colorize, fid, results):
+    for command in (data, segcache, train, colorize, fid, results, weights):
         main.add_command(command)
 
 

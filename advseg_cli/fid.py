@@ -76,6 +76,7 @@ INCEPTION_WEIGHTS = register_weights(
         name="inception-fid",
         filename=Path(FID_WEIGHTS_URL).name,  # pt_inception-2015-12-05-6726825d.pth
         option="--weights",
+        used_by="advseg fid",
         how_to_get=f"download it from {FID_WEIGHTS_URL}",
         sha256=None,  # not known to us: never downloaded automatically (our resolver needs a hash)
         url=FID_WEIGHTS_URL,

@@ -32,6 +32,7 @@ class WeightsSpec:
     sha256_prefix: str | None = None  # the leading hex digits published in the file name (torchvision's
     #                                   convention, e.g. vgg16-397923af.pth), checked when no full hash is known
     torch_hub: bool = False  # also look in torch hub's checkpoints folder, where torchvision/pytorch-fid put it
+    used_by: str = ""  # the command that needs it, e.g. "advseg fid" (for listings and error messages)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -54,6 +55,11 @@ def register_weights(spec: WeightsSpec) -> WeightsSpec:
     """Add a known weights file to the registry (modules of the stages call this at import)."""
     _REGISTRY[spec.name] = spec
     return spec
+
+
+def registered_weights() -> list[WeightsSpec]:
+    """Every weights file the stages know, once the modules that register them are imported."""
+    return sorted(_REGISTRY.values(), key=lambda spec: spec.name)
 
 
 def weights_spec(name: str) -> WeightsSpec:
@@ -144,6 +150,11 @@ def _checked(spec: WeightsSpec, path: Path, source: str) -> ResolvedWeights:
     return ResolvedWeights(spec.name, path.resolve(), digest, source)
 
 
+def where_to_put(spec: WeightsSpec) -> str:
+    """The folders a user can copy the file into for advseg to find it."""
+    return f"{advseg_home()} or {torch_hub_checkpoints()}" if spec.torch_hub else str(advseg_home())
+
+
 def _places_to_look(spec: WeightsSpec) -> list[tuple[Path, str]]:
     """Existing files in the search order, each with the name of where it was found."""
     places = [(advseg_home() / spec.filename, "cache"), (_packaged_file(spec), "package")]
@@ -153,9 +164,13 @@ def _places_to_look(spec: WeightsSpec) -> list[tuple[Path, str]]:
 
 
 def resolve_weights(
-    name: str, explicit: Path | None = None, *, downloader: Callable[[WeightsSpec, Path], None] | None = None
+    name: str, explicit: Path | None = None, *, downloader: Callable[[WeightsSpec, Path], None] | None = None,
+    download: bool = True,
 ) -> ResolvedWeights:
-    """Find the weights called ``name`` (see the module docstring for the order)."""
+    """Find the weights called ``name`` (see the module docstring for the order).
+
+    ``download=False`` only looks (``advseg weights`` lists what is on disk without fetching anything).
+    """
     spec = weights_spec(name)
     if explicit is not None:
         explicit = Path(explicit).expanduser()
@@ -166,9 +181,8 @@ def resolve_weights(
     if found:
         return _checked(spec, *found[0])
     cached = advseg_home() / spec.filename
-    if spec.url and (spec.sha256 or spec.sha256_prefix) and not offline():
+    if download and spec.url and (spec.sha256 or spec.sha256_prefix) and not offline():
         (downloader or _download)(spec, cached)
         return _checked(spec, cached, "download")
-    where = f"{advseg_home()} or {torch_hub_checkpoints()}" if spec.torch_hub else str(advseg_home())
-    raise WeightsNotFoundError(f"{spec.filename} not found: {spec.how_to_get}, then put it in {where} "
-                               f"or pass {spec.option} PATH")
+    raise WeightsNotFoundError(f"{spec.filename} not found: {spec.how_to_get}, then put it in "
+                               f"{where_to_put(spec)} or pass {spec.option} PATH")

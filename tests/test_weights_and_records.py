@@ -126,3 +126,31 @@ def test_run_record_round_trip_and_conflicts(tmp_path: Path) -> None:
     assert record_path_for(tmp_path, (1, 4)).name == "advseg-run.shard-1-of-4.json"
     assert record_path_for(tmp_path / "maps.h5").name == "maps.h5.run.json"
     json.loads(path.read_text())  # plain JSON a person can read
+
+
+def test_advseg_weights_lists_where_each_file_is_found_without_downloading(tmp_path: Path,
+                                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    from advseg_cli.weights import torch_hub_checkpoints
+    from tests.helpers import invoke_advseg, write_vgg16_weights
+
+    monkeypatch.setenv("ADVSEG_OFFLINE", "0")  # listing must not fetch even when it could
+    write_vgg16_weights(torch_hub_checkpoints() / "vgg16-397923af.pth")  # random: not torchvision's hash
+    listing = invoke_advseg("weights")
+    assert listing.returncode == 0, listing.stderr
+    lines = {line.split(" ")[0]: line for line in listing.stdout.splitlines()}
+    assert set(lines) >= {"hed-bsds500", "inception-fid", "vgg16-imagenet"}
+    assert "missing: download it from https://github.com/mseitzer/pytorch-fid" in lines["inception-fid"]
+    assert "advseg fid --weights PATH" in lines["inception-fid"]
+    assert "REFUSED" in lines["vgg16-imagenet"] and "397923af" in lines["vgg16-imagenet"]
+    assert not (advseg_home() / "vgg16-397923af.pth").exists()
+
+
+def test_advseg_weights_need_checks_every_named_file_in_one_line(tmp_path: Path) -> None:
+    from tests.helpers import invoke_advseg, write_vgg16_weights
+
+    mine = write_vgg16_weights(tmp_path / "my-vgg.pth")
+    fine = invoke_advseg("weights", "--need", f"vgg16-imagenet={mine}")
+    assert fine.returncode == 0 and f"vgg16-imagenet: {mine.resolve()}" in fine.stdout
+    missing = invoke_advseg("weights", "--need", "inception-fid", "--need", f"vgg16-imagenet={tmp_path / 'nope.pth'}")
+    assert missing.returncode == 2 and missing.stderr.strip().count("\n") == 0
+    assert "pt_inception-2015-12-05-6726825d.pth not found" in missing.stderr and "nope.pth: no such file" in missing.stderr

@@ -27,6 +27,7 @@ VGG16_WEIGHTS = register_weights(
         name="vgg16-imagenet",
         filename=Path(VGG16_URL).name,
         option="--perceptual-weights",
+        used_by="advseg train --model autopainter",
         how_to_get=f"download torchvision's ImageNet VGG16 from {VGG16_URL}",
         sha256_prefix="397923af",  # torchvision names its files after their sha256; the full hash is not published
         url=VGG16_URL,

@@ -66,6 +66,7 @@ def test_reproduce_builds_the_table_and_redoes_only_what_was_deleted(setting) ->
     variables, env, root = setting
     first = make("reproduce", variables, env)
     assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-3000:]
+    assert f"weights: vgg16-imagenet: {Path(variables['VGG16']).resolve()}" in first.stdout  # checked first
     row = (root / "results" / "elephant.md").read_text()
     ours = re.search(r"^\| advseg \| (.*) \|$", row, re.M).group(1).split(" | ")
     paper = re.search(r"^\| paper \| (.*) \|$", row, re.M).group(1).split(" | ")
@@ -104,6 +105,18 @@ def test_reproduce_builds_the_table_and_redoes_only_what_was_deleted(setting) ->
     elephant = next(line for line in text.splitlines() if line.startswith("| elephant |"))
     assert "(155.1)" in elephant and "(83.5)" in elephant and "not " not in elephant  # all 9 columns made
     assert "Not reproduced yet: bedroom, illustration, sheep" in text
+
+
+def test_a_missing_weights_file_stops_make_before_any_step(tmp_path: Path) -> None:
+    variables = {"DATASET": "sheep", "DATA_ROOT": str(tmp_path / "datasets"), "RUNS": str(tmp_path / "runs"),
+                 "RESULTS": str(tmp_path / "results"), "ADVSEG": f"{sys.executable} -m advseg_cli.cli",
+                 "NEED_INSTALL": "", "INCEPTION": str(tmp_path / "not-downloaded.pth")}
+    env = {**os.environ, "ADVSEG_HOME": str(tmp_path / "home"), "ADVSEG_OFFLINE": "1"}
+    stopped = make("reproduce", variables, env)
+    assert stopped.returncode == 2
+    assert "not-downloaded.pth: no such file" in stopped.stderr and "vgg16-397923af.pth not found" in stopped.stderr
+    assert "make: set INCEPTION=PATH / VGG16=PATH" in stopped.stderr
+    assert not (tmp_path / "datasets").exists() and "data prepare" not in stopped.stdout
 
 
 @pytest.mark.parametrize("dataset", ["bedroom", "elephant", "sheep", "illustration"])
