@@ -6,7 +6,7 @@
 * :func:`xdog` / :func:`canny` - classical, weight-free alternatives.
 
 This package must not import click or advseg_cli: it is a library, the CLI wraps it.
-The original Caffe model is not read directly; see ``hed/CAFFE.md``.
+The original Caffe model (``.caffemodel``) is read by :mod:`hed.caffe`, without Caffe or protobuf.
 """
 
 from .classical import canny, xdog
@@ -16,6 +16,7 @@ from .weights import (
     HEDWeightsError,
     load_hed_weights,
     save_keras_h5,
+    state_dict_from_caffemodel,
     state_dict_from_keras_h5,
     state_dict_from_pytorch_hed,
     to_pytorch_hed,
@@ -34,6 +35,7 @@ __all__ = [
     "predict_edges",
     "save_keras_h5",
     "soft_sketch",
+    "state_dict_from_caffemodel",
     "state_dict_from_keras_h5",
     "state_dict_from_pytorch_hed",
     "to_pytorch_hed",

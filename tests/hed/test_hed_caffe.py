@@ -1,0 +1,189 @@
+"""The original Caffe HED model (``.caffemodel``): our wire-format reader against Google's protobuf.
+
+Real Caffe weights cannot be downloaded here (and OpenCV 5 dropped its Caffe importer), so the test
+writes ``.caffemodel`` files of HED's layers with random weights using Google's protobuf library, with
+message classes built from the field numbers of Caffe's ``caffe.proto`` (NetParameter.layer 100 /
+layers 2; LayerParameter name 1, type 2, blobs 7; V1LayerParameter name 4, type 5, blobs 6; BlobProto
+num/channels/height/width 1-4, data 5, shape 7, double_data 8; BlobShape dim 1). Both encodings Caffe
+has written are covered: ``layer`` with ``shape``, and the older ``layers`` with 4-D legacy dimensions;
+floats packed (as caffe.proto declares them) and, in a small file, one field per float. The serialisation is protobuf's own, so it judges our reader.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+import pytest
+import torch
+from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
+
+from hed import HEDWeightsError, load_hed_weights
+from hed.caffe import CaffeFormatError, read_caffemodel
+from hed.network import VGG_WIDTHS
+from hed_testing import one_line_error
+
+V1_CONVOLUTION, V1_DECONVOLUTION, V1_DATA = 4, 39, 5  # V1LayerParameter.LayerType values
+_F = descriptor_pb2.FieldDescriptorProto
+
+
+def net_parameter_class(packed: bool) -> Any:
+    """NetParameter (and what it holds) for the part of caffe.proto a .caffemodel's weights live in."""
+    package = f"caffe_subset_{'packed' if packed else 'unpacked'}"
+    file = descriptor_pb2.FileDescriptorProto(name=f"{package}.proto", package=package, syntax="proto2")
+
+    def message(name: str, fields: list[tuple[str, int, int, int, str | None]]) -> None:
+        proto = file.message_type.add(name=name)
+        for field_name, number, kind, label, type_name in fields:
+            field = proto.field.add(name=field_name, number=number, type=kind, label=label)
+            if type_name:
+                field.type_name = f".{package}.{type_name}"
+            if label == _F.LABEL_REPEATED and kind in (_F.TYPE_FLOAT, _F.TYPE_DOUBLE, _F.TYPE_INT64):
+                field.options.packed = packed
+
+    rep, opt = _F.LABEL_REPEATED, _F.LABEL_OPTIONAL
+    message("BlobShape", [("dim", 1, _F.TYPE_INT64, rep, None)])
+    message("BlobProto", [("shape", 7, _F.TYPE_MESSAGE, opt, "BlobShape"), ("data", 5, _F.TYPE_FLOAT, rep, None),
+                          ("double_data", 8, _F.TYPE_DOUBLE, rep, None), ("num", 1, _F.TYPE_INT64, opt, None),
+                          ("channels", 2, _F.TYPE_INT64, opt, None), ("height", 3, _F.TYPE_INT64, opt, None),
+                          ("width", 4, _F.TYPE_INT64, opt, None)])
+    message("LayerParameter", [("name", 1, _F.TYPE_STRING, opt, None), ("type", 2, _F.TYPE_STRING, opt, None),
+                               ("blobs", 7, _F.TYPE_MESSAGE, rep, "BlobProto")])
+    message("V1LayerParameter", [("name", 4, _F.TYPE_STRING, opt, None), ("type", 5, _F.TYPE_INT32, opt, None),
+                                 ("blobs", 6, _F.TYPE_MESSAGE, rep, "BlobProto")])
+    message("NetParameter", [("name", 1, _F.TYPE_STRING, opt, None),
+                             ("layer", 100, _F.TYPE_MESSAGE, rep, "LayerParameter"),
+                             ("layers", 2, _F.TYPE_MESSAGE, rep, "V1LayerParameter")])
+    pool = descriptor_pool.DescriptorPool()
+    pool.Add(file)
+    return message_factory.GetMessageClass(pool.FindMessageTypeByName(f"{package}.NetParameter"))
+
+
+# --------------------------------------------------------------------------- HED's layers
+def hed_layers(seed: int = 0) -> list[tuple[str, list[np.ndarray]]]:
+    """(Caffe name, [weights, bias]) of every learned HED layer, random, in the real shapes."""
+    rng = np.random.default_rng(seed)
+    layers, in_ch = [], 3
+    for stage, widths in enumerate(VGG_WIDTHS):
+        for index, width in enumerate(widths):
+            layers.append((f"conv{stage + 1}_{index + 1}", [rng.normal(0, 0.05, (width, in_ch, 3, 3)),
+                                                           rng.normal(0, 0.1, width)]))
+            in_ch = width
+        layers.append((f"score-dsn{stage + 1}", [rng.normal(0, 0.1, (1, in_ch, 1, 1)), rng.normal(0, 0.1, 1)]))
+    layers.append(("new-score-weighting", [rng.normal(0.2, 0.01, (1, 5, 1, 1)), rng.normal(0, 0.1, 1)]))
+    return [(name, [b.astype(np.float32) for b in blobs]) for name, blobs in layers]
+
+
+def _fill_blob(blob: Any, array: np.ndarray, legacy: bool, double: bool = False) -> None:
+    if legacy:
+        blob.num, blob.channels, blob.height, blob.width = (1,) * (4 - array.ndim) + array.shape
+    else:
+        blob.shape.dim.extend(array.shape)
+    (blob.double_data if double else blob.data).extend(array.ravel().tolist())
+
+
+def write_caffemodel(path: Path, layers: list[tuple[str, list[np.ndarray]]], encoding: str,
+                     packed: bool = True) -> Path:
+    """A NetParameter: its name, a data layer without blobs, HED's layers, a fixed bilinear deconvolution.
+
+    "new": ``layer`` entries, ``shape`` dims (one bias as double_data, which Caffe also reads);
+    "v1": ``layers`` entries, legacy 4-D dims. ``packed=False`` writes one fixed32 field per float.
+    """
+    net = net_parameter_class(packed)(name="HED")
+    deconv = ("upsample_2", [np.full((1, 1, 4, 4), 0.25, np.float32)])
+    for index, (name, blobs) in enumerate([("data", []), *layers, deconv]):
+        kind = "Input" if name == "data" else ("Deconvolution" if name.startswith("upsample") else "Convolution")
+        if encoding == "new":
+            layer = net.layer.add(name=name, type=kind)
+        else:
+            v1_kind = {"Input": V1_DATA, "Deconvolution": V1_DECONVOLUTION}.get(kind, V1_CONVOLUTION)
+            layer = net.layers.add(name=name, type=v1_kind)
+        for position, array in enumerate(blobs):
+            double = encoding == "new" and name == "score-dsn2" and position == 1
+            _fill_blob(layer.blobs.add(), array, legacy=encoding == "v1", double=double)
+    path.write_bytes(net.SerializeToString())
+    return path
+
+
+@pytest.fixture(scope="module")
+def layers() -> list[tuple[str, list[np.ndarray]]]:
+    return hed_layers()
+
+
+@pytest.fixture(scope="module")
+def caffemodel(layers, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """HED's layers in the current encoding, written once (59 MB) for the tests that only read it."""
+    return write_caffemodel(tmp_path_factory.mktemp("caffe") / "hed_pretrained_bsds.caffemodel", layers, "new")
+
+
+@pytest.mark.parametrize("encoding", ["new", "v1"])
+def test_our_reader_returns_every_blob_protobuf_wrote(layers, tmp_path: Path, encoding: str) -> None:
+    model = write_caffemodel(tmp_path / "hed.caffemodel", layers, encoding)
+    ours = read_caffemodel(model)
+    assert set(ours) == {name for name, _ in layers} | {"upsample_2"}  # the data layer has no blobs
+    for name, blobs in layers:
+        assert len(ours[name]) == len(blobs)
+        for got, expected in zip(ours[name], blobs):
+            np.testing.assert_array_equal(got.reshape(expected.shape), expected, err_msg=name)
+    assert ours["conv3_2"][0].shape == (256, 256, 3, 3)  # 4-D from either kind of shape
+    assert ours["upsample_2"][0].shape == (1, 1, 4, 4)
+
+
+@pytest.mark.parametrize("encoding", ["new", "v1"])
+def test_floats_written_one_field_each_are_read_too(tmp_path: Path, encoding: str) -> None:
+    small = [("conv1_1", [np.arange(12, dtype=np.float32).reshape(2, 3, 2, 1) / 7, np.array([0.5, -2], np.float32)])]
+    ours = read_caffemodel(write_caffemodel(tmp_path / "small.caffemodel", small, encoding, packed=False))
+    np.testing.assert_array_equal(ours["conv1_1"][0].reshape(2, 3, 2, 1), small[0][1][0])
+    np.testing.assert_array_equal(ours["conv1_1"][1].reshape(-1), small[0][1][1])
+
+
+def test_caffemodel_loads_into_hed_with_the_same_outputs(layers, caffemodel: Path, tmp_path: Path) -> None:
+    state, name = load_hed_weights(caffemodel)
+    assert name == "caffe"
+    named = dict(layers)
+    np.testing.assert_array_equal(state["stages.0.0.weight"].numpy(), named["conv1_1"][0])
+    np.testing.assert_array_equal(state["stages.2.3.weight"].numpy(), named["conv3_2"][0])  # after the pool
+    np.testing.assert_array_equal(state["side.4.bias"].numpy(), named["score-dsn5"][1])
+    np.testing.assert_array_equal(state["fuse.weight"].numpy(), named["new-score-weighting"][0])
+    v1_state, _ = load_hed_weights(write_caffemodel(tmp_path / "old.caffemodel", layers, "v1"))
+    assert all(torch.equal(v1_state[key], value) for key, value in state.items())
+
+
+def test_the_cli_gives_the_same_sketches_from_the_caffemodel_and_our_layout(caffemodel: Path, tmp_path: Path) -> None:
+    from tests.helpers import invoke_advseg, make_photo_folder
+
+    photos = make_photo_folder(tmp_path / "photos", 48)
+    model = caffemodel
+    torch.save(load_hed_weights(model)[0], tmp_path / "hed.pth")
+    for weights, out in ((model, "from-caffe"), (tmp_path / "hed.pth", "from-pth")):
+        result = invoke_advseg("edges", str(photos), str(tmp_path / out), "--weights", str(weights), "--size", "48",
+                               "--pad", "8", "--device", "cpu", "--quiet")
+        assert result.returncode == 0, result.stderr
+    sketches = sorted(p.relative_to(tmp_path / "from-caffe") for p in (tmp_path / "from-caffe").rglob("*.png"))
+    assert len(sketches) == 4
+    for relative in sketches:
+        assert (cv2.imread(str(tmp_path / "from-caffe" / relative), 0)
+                == cv2.imread(str(tmp_path / "from-pth" / relative), 0)).all()
+
+
+def test_broken_caffemodels_are_one_line_errors(layers, caffemodel: Path, tmp_path: Path) -> None:
+    whole = caffemodel.read_bytes()
+    truncated = tmp_path / "truncated.caffemodel"
+    truncated.write_bytes(whole[: len(whole) // 2])
+    with pytest.raises(HEDWeightsError, match="unreadable .caffemodel") as caught:
+        load_hed_weights(truncated)
+    one_line_error(str(caught.value), truncated)
+    partial = write_caffemodel(tmp_path / "partial.caffemodel", [l for l in layers if l[0] != "score-dsn3"], "new")
+    with pytest.raises(HEDWeightsError, match="without the HED layer 'score-dsn3'"):
+        load_hed_weights(partial)
+    wrong = [(n, [blobs[0][:, :1], blobs[1]] if n == "conv2_1" else blobs) for n, blobs in layers]
+    with pytest.raises(HEDWeightsError, match=r"conv2_1 weights has shape \(128, 1, 3, 3\)"):
+        load_hed_weights(write_caffemodel(tmp_path / "wrong.caffemodel", wrong, "new"))
+    text = tmp_path / "notes.caffemodel"
+    text.write_text("this is not a model")
+    with pytest.raises(HEDWeightsError):
+        load_hed_weights(text)
+    with pytest.raises(CaffeFormatError):
+        read_caffemodel(text)
