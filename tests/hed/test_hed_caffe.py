@@ -18,7 +18,9 @@ import cv2
 import numpy as np
 import pytest
 import torch
-from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
+
+pytest.importorskip("google.protobuf")  # tensorboard's dependency; only the test writer needs it
+from google.protobuf import descriptor_pb2, descriptor_pool, message_factory  # noqa: E402
 
 from hed import HEDWeightsError, load_hed_weights
 from hed.caffe import CaffeFormatError, read_caffemodel
