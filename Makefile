@@ -94,12 +94,14 @@ table: | $(NEED_INSTALL) ## Assemble the finished rows into RESULTS/TABLE.md, la
 FORCE:
 
 # The weights the chain will need, checked before anything starts (and fetched when they can be), so a
-# missing Inception or VGG16 file stops make in the first minute instead of after days of training.
+# missing Inception or VGG16 file (or Seg's weights, or detectron2) stops make in the first minute
+# instead of after days of training.
 NEEDED_WEIGHTS = --need inception-fid$(if $(INCEPTION),=$(INCEPTION)) \
-  $(if $(filter autopainter,$(METHODS)),--need vgg16-imagenet$(if $(VGG16),=$(VGG16)))
+  $(if $(filter autopainter,$(METHODS)),--need vgg16-imagenet$(if $(VGG16),=$(VGG16))) \
+  $(if $(filter-out %-none autopainter,$(METHODS)),--need seg:$(SEG_BACKEND)$(if $(SEG_WEIGHTS),=$(SEG_WEIGHTS)))
 
 weights-check: | $(NEED_INSTALL) ## Check that the weights make reproduce needs are available
-	@$(ADVSEG) weights $(NEEDED_WEIGHTS) || { echo "make: set INCEPTION=PATH / VGG16=PATH, or put the files where the line above says" >&2; exit 2; }
+	@$(ADVSEG) weights $(NEEDED_WEIGHTS) || { echo "make: set INCEPTION=PATH / VGG16=PATH / SEG_WEIGHTS=PATH (or SEG_BACKEND), or do what the line above says" >&2; exit 2; }
 
 $(D)/advseg-data.json: | $(NEED_INSTALL) weights-check
 	$(ADVSEG) data prepare $(DATASET) $(DATA_ROOT) --steps fetch $(PREPARE_ARGS)

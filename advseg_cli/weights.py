@@ -8,10 +8,11 @@ Downloads never happen when ``ADVSEG_OFFLINE=1`` (the tests set it).
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import importlib.metadata
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from advseg_cli.errors import AdvsegError, WeightsMismatchError, WeightsNotFoundError
@@ -77,6 +78,20 @@ def advseg_home() -> Path:
 
 def offline() -> bool:
     return os.environ.get("ADVSEG_OFFLINE", "") not in ("", "0", "false", "no")
+
+
+@contextlib.contextmanager
+def downloads_disabled() -> Iterator[None]:
+    """Look only at what is on disk (``advseg weights`` lists without fetching): offline() is true inside."""
+    before = os.environ.get("ADVSEG_OFFLINE")
+    os.environ["ADVSEG_OFFLINE"] = "1"
+    try:
+        yield
+    finally:
+        if before is None:
+            del os.environ["ADVSEG_OFFLINE"]
+        else:
+            os.environ["ADVSEG_OFFLINE"] = before
 
 
 def _packaged_file(spec: WeightsSpec) -> Path | None:
@@ -164,13 +179,9 @@ def _places_to_look(spec: WeightsSpec) -> list[tuple[Path, str]]:
 
 
 def resolve_weights(
-    name: str, explicit: Path | None = None, *, downloader: Callable[[WeightsSpec, Path], None] | None = None,
-    download: bool = True,
+    name: str, explicit: Path | None = None, *, downloader: Callable[[WeightsSpec, Path], None] | None = None
 ) -> ResolvedWeights:
-    """Find the weights called ``name`` (see the module docstring for the order).
-
-    ``download=False`` only looks (``advseg weights`` lists what is on disk without fetching anything).
-    """
+    """Find the weights called ``name`` (see the module docstring for the order)."""
     spec = weights_spec(name)
     if explicit is not None:
         explicit = Path(explicit).expanduser()
@@ -181,7 +192,7 @@ def resolve_weights(
     if found:
         return _checked(spec, *found[0])
     cached = advseg_home() / spec.filename
-    if download and spec.url and (spec.sha256 or spec.sha256_prefix) and not offline():
+    if spec.url and (spec.sha256 or spec.sha256_prefix) and not offline():
         (downloader or _download)(spec, cached)
         return _checked(spec, cached, "download")
     raise WeightsNotFoundError(f"{spec.filename} not found: {spec.how_to_get}, then put it in "

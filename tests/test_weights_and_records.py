@@ -154,3 +154,18 @@ def test_advseg_weights_need_checks_every_named_file_in_one_line(tmp_path: Path)
     missing = invoke_advseg("weights", "--need", "inception-fid", "--need", f"vgg16-imagenet={tmp_path / 'nope.pth'}")
     assert missing.returncode == 2 and missing.stderr.strip().count("\n") == 0
     assert "pt_inception-2015-12-05-6726825d.pth not found" in missing.stderr and "nope.pth: no such file" in missing.stderr
+
+
+def test_advseg_weights_need_checks_a_segmentation_backend_without_building_it(tmp_path: Path) -> None:
+    pytest.importorskip("transformers")
+    from tests.helpers import invoke_advseg
+    from tests.segmentation.tiny_mask2former import save_tiny_mask2former
+
+    folder = save_tiny_mask2former(tmp_path / "m2f")
+    ready = invoke_advseg("weights", "--need", f"seg:mask2former={folder}")
+    assert ready.returncode == 0 and f"seg:mask2former: {folder} (explicit)" in ready.stdout
+    (folder / "model.safetensors").unlink()
+    gone = invoke_advseg("weights", "--need", f"seg:mask2former={folder}", "--need", "seg:nope")
+    assert gone.returncode == 2 and "no model.safetensors" in gone.stderr and "unknown segmentation backend" in gone.stderr
+    listing = invoke_advseg("weights")
+    assert "seg:mask2former (segcache / train --advseg): not ready:" in listing.stdout

@@ -37,6 +37,8 @@ _BUILTIN_MODULES = {
 
 SegmenterFactory = Callable[[Path | None, torch.device, str], "Segmenter"]
 _REGISTRY: dict[str, SegmenterFactory] = {}
+WeightsCheck = Callable[[Path | None], str]
+_CHECKS: dict[str, WeightsCheck] = {}
 
 
 class Segmenter(torch.nn.Module):
@@ -131,6 +133,25 @@ def register_backend(name: str) -> Callable[[SegmenterFactory], SegmenterFactory
         return factory
 
     return decorate
+
+
+def register_weights_check(name: str) -> Callable[[WeightsCheck], WeightsCheck]:
+    """Decorator: ``check(weights) -> where they are``, raising AdvsegError when the backend cannot be
+    built (library missing, weights absent), without building it: ``advseg weights --need seg:NAME``."""
+
+    def decorate(check: WeightsCheck) -> WeightsCheck:
+        _CHECKS[name] = check
+        return check
+
+    return decorate
+
+
+def check_segmenter_weights(backend: str, weights: Path | None) -> str:
+    """Where ``backend``'s weights would come from; AdvsegError naming the fix when they cannot."""
+    _load_builtin_backend(backend)
+    if backend not in _CHECKS:
+        raise AdvsegError(f"seg:{backend}: unknown segmentation backend; valid: {', '.join(available_backends())}")
+    return _CHECKS[backend](None if weights is None else Path(weights))
 
 
 def _load_builtin_backend(name: str) -> None:

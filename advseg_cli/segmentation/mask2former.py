@@ -37,7 +37,7 @@ from torch import Tensor
 from advseg_cli.devices import autocast
 from advseg_cli.errors import AdvsegError, IncompatibleInputError, WeightsMismatchError, WeightsNotFoundError
 from advseg_cli.files import sha256_file
-from advseg_cli.segmentation.base import Segmenter, check_images, register_backend
+from advseg_cli.segmentation.base import Segmenter, check_images, register_backend, register_weights_check
 from advseg_cli.segmentation.classes import IS_STUFF, coco_panoptic_133_to_135
 from advseg_cli.segmentation.panoptic_queries import (
     PanopticSegments,
@@ -268,6 +268,14 @@ class Mask2FormerSegmenter(Segmenter):
         class_logits, mask_logits, padded = self.query_logits(images)
         size = (int(images.shape[-2]), int(images.shape[-1]))
         return soft_class_probs(class_logits, mask_logits, self.lut, size, padded)
+
+
+@register_weights_check("mask2former")
+def check_mask2former_weights(weights: Path | None) -> str:
+    """The folder build_mask2former would load, and that it holds safetensors weights."""
+    folder, source = resolve_model_folder(weights, DEFAULT_MODEL)
+    _safetensors_files(folder, DEFAULT_MODEL)
+    return f"{folder} ({source})"
 
 
 @register_backend("mask2former")

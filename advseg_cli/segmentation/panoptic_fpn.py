@@ -44,9 +44,9 @@ from torch import Tensor
 
 from advseg_cli.devices import autocast
 from advseg_cli.errors import AdvsegError, WeightsMismatchError, WeightsNotFoundError
-from advseg_cli.segmentation.base import Segmenter, check_images, register_backend
+from advseg_cli.segmentation.base import Segmenter, check_images, register_backend, register_weights_check
 from advseg_cli.segmentation.classes import NUM_CLASSES, THINGS_MERGED
-from advseg_cli.weights import WeightsSpec, register_weights, resolve_weights
+from advseg_cli.weights import ResolvedWeights, WeightsSpec, register_weights, resolve_weights
 
 MODEL_NAME = "detectron2 COCO-PanopticSegmentation/panoptic_fpn_R_50_3x"
 CONFIG_PATH = "COCO-PanopticSegmentation/panoptic_fpn_R_50_3x.yaml"
@@ -61,6 +61,7 @@ WEIGHTS = register_weights(
         name="panoptic-fpn-r50-3x",
         filename="model_final_c10459.pkl",
         option="--weights",
+        used_by="advseg segcache --backend panoptic-fpn",
         how_to_get=f"download {WEIGHTS_URL} (detectron2 model zoo)",
     )
 )
@@ -288,11 +289,8 @@ class PanopticFPNSegmenter(Segmenter):
         return result
 
 
-@register_backend("panoptic-fpn")
-def build_panoptic_fpn(
-    weights: Path | None, device: torch.device, precision: str = "fp32"
-) -> PanopticFPNSegmenter:
-    """Factory of the registry: detectron2 present, weights named by the user, model built from config."""
+def _resolve_panoptic_weights(weights: Path | None) -> ResolvedWeights:
+    """detectron2 present and a weights file advseg may load: a .pkl only when the user named it."""
     _require_detectron2()
     resolved = resolve_weights(WEIGHTS.name, weights)
     if resolved.source != "explicit" and resolved.path.suffix == ".pkl":
@@ -300,6 +298,21 @@ def build_panoptic_fpn(
             f"found {resolved.path}, but advseg unpickles only a .pkl you name (no verified sha256 of "
             f"{WEIGHTS.filename} is recorded): pass it with --weights {resolved.path}"
         )
+    return resolved
+
+
+@register_weights_check("panoptic-fpn")
+def check_panoptic_fpn_weights(weights: Path | None) -> str:
+    resolved = _resolve_panoptic_weights(weights)
+    return f"{resolved.path} ({resolved.source})"
+
+
+@register_backend("panoptic-fpn")
+def build_panoptic_fpn(
+    weights: Path | None, device: torch.device, precision: str = "fp32"
+) -> PanopticFPNSegmenter:
+    """Factory of the registry: detectron2 present, weights named by the user, model built from config."""
+    resolved = _resolve_panoptic_weights(weights)
     cfg = panoptic_fpn_config(device)
     network = build_network(cfg)
     load_weights(network, resolved.path)

@@ -67,6 +67,7 @@ def test_reproduce_builds_the_table_and_redoes_only_what_was_deleted(setting) ->
     first = make("reproduce", variables, env)
     assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-3000:]
     assert f"weights: vgg16-imagenet: {Path(variables['VGG16']).resolve()}" in first.stdout  # checked first
+    assert f"weights: seg:mask2former: {variables['SEG_WEIGHTS']} (explicit)" in first.stdout
     row = (root / "results" / "elephant.md").read_text()
     ours = re.search(r"^\| advseg \| (.*) \|$", row, re.M).group(1).split(" | ")
     paper = re.search(r"^\| paper \| (.*) \|$", row, re.M).group(1).split(" | ")
@@ -115,7 +116,8 @@ def test_a_missing_weights_file_stops_make_before_any_step(tmp_path: Path) -> No
     stopped = make("reproduce", variables, env)
     assert stopped.returncode == 2
     assert "not-downloaded.pth: no such file" in stopped.stderr and "vgg16-397923af.pth not found" in stopped.stderr
-    assert "make: set INCEPTION=PATH / VGG16=PATH" in stopped.stderr
+    assert "panoptic-fpn backend needs detectron2" in stopped.stderr or "model_final_c10459.pkl" in stopped.stderr
+    assert "make: set INCEPTION=PATH / VGG16=PATH / SEG_WEIGHTS=PATH" in stopped.stderr
     assert not (tmp_path / "datasets").exists() and "data prepare" not in stopped.stdout
 
 

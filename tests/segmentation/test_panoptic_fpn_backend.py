@@ -17,6 +17,7 @@ from tests.segmentation.conftest import HAS_DETECTRON2
 
 from advseg_cli.errors import AdvsegError, WeightsMismatchError, WeightsNotFoundError
 from advseg_cli.segmentation import build_segmenter
+from advseg_cli.segmentation.base import check_segmenter_weights
 from advseg_cli.segmentation.panoptic_fpn import (
     INSTALL_GUIDE,
     WEIGHTS_URL,
@@ -108,6 +109,17 @@ def test_missing_weights_error_is_one_line(tmp_path: Path, monkeypatch: pytest.M
     with pytest.raises(WeightsNotFoundError) as error:  # found in the cache, but never unpickled unnamed
         build_segmenter("panoptic-fpn", None, torch.device("cpu"))
     assert "--weights" in str(error.value) and "\n" not in str(error.value)
+    # the preflight (advseg weights --need seg:panoptic-fpn) says the same without building anything
+    with pytest.raises(WeightsNotFoundError, match="unpickles only a .pkl you name"):
+        check_segmenter_weights("panoptic-fpn", None)
+    named = tmp_path / "model_final_c10459.pkl"
+    assert check_segmenter_weights("panoptic-fpn", named) == f"{named.resolve()} (explicit)"
+
+
+@pytest.mark.skipif(HAS_DETECTRON2, reason="checks the message shown when detectron2 is missing")
+def test_the_preflight_without_detectron2_says_how_to_install_it(tmp_path: Path) -> None:
+    with pytest.raises(AdvsegError, match="needs detectron2"):
+        check_segmenter_weights("panoptic-fpn", tmp_path / "model_final_c10459.pkl")
 
 
 # ---- with detectron2: the real architecture, random weights ----------------------------------------
