@@ -27,12 +27,13 @@ from torch.utils.data import DataLoader, DistributedSampler
 
 from advseg_cli import __version__
 from advseg_cli.devices import autocast, check_precision, resolve_device
-from advseg_cli.errors import AdvsegError, IncompatibleInputError, TrainingDivergedError
-from advseg_cli.files import write_bytes_atomic
+from advseg_cli.errors import (AdvsegError, IncompatibleInputError, TrainingDivergedError, WeightsMismatchError,
+                               WeightsNotFoundError)
+from advseg_cli.files import sha256_file, write_bytes_atomic
 from advseg_cli.images import write_png
 from advseg_cli.models.advseg import MODELS, AdvSegModel, build_model, model_config
 from advseg_cli.progress import progress
-from advseg_cli.runrecord import FOLDER_RECORD_NAME, RunRecord
+from advseg_cli.runrecord import FOLDER_RECORD_NAME, RunRecord, read_record, record_path_for
 from advseg_cli.training.checkpoint import (
     Position, load_checkpoint, restore_rng_states, rng_states, save_checkpoint)
 from advseg_cli.training.data import SEGCACHE_MISSING, Augmentation, SketchPhotoDataset
@@ -194,6 +195,22 @@ def linear_decay_factor(epochs: int, epochs_decay: int) -> Any:
     return factor
 
 
+def weights_the_cache_was_made_with(segcache: Path, sha256: str) -> Path | None:
+    """The Seg weights named in the segcache's run record, when they are still there.
+
+    So that ``advseg train`` needs no ``--seg-weights`` after ``advseg segcache --weights X``. A file is
+    used only when its sha256 is the one the cache records (it may be a pickle: we unpickle only files
+    the user named or whose hash we checked); a folder's weights are compared after loading, as always.
+    """
+    for entry in (read_record(record_path_for(segcache)) or {}).get("weights") or []:
+        path = Path(str(entry.get("path", "")))
+        if path.is_dir():
+            return path
+        if path.is_file() and sha256 and sha256_file(path) == sha256:
+            return path
+    return None
+
+
 def build_segmenter_for(config: TrainConfig, device: torch.device) -> Any:
     """The training Seg: the same backend/model/weights as the segcache, so real and fake maps agree."""
     if config.model_options.get("advseg", "none") == "none":
@@ -204,7 +221,13 @@ def build_segmenter_for(config: TrainConfig, device: torch.device) -> Any:
     assert config.segcache is not None
     cache_meta = SegmentationCache(config.segcache).metadata
     backend = config.seg_backend or cache_meta.backend
-    seg = build_segmenter(backend, config.seg_weights, device, config.precision)
+    weights = config.seg_weights
+    if weights is None and backend == cache_meta.backend:
+        weights = weights_the_cache_was_made_with(config.segcache, cache_meta.weights_sha256)
+    try:
+        seg = build_segmenter(backend, weights, device, config.precision)
+    except (WeightsNotFoundError, WeightsMismatchError) as exc:  # the backends speak of segcache's option
+        raise type(exc)(str(exc).replace("--weights", "--seg-weights")) from None
     made_with = {"backend": cache_meta.backend, "model": cache_meta.model_name, "weights": cache_meta.weights_sha256}
     training = {"backend": seg.backend, "model": seg.model_name,
                 "weights": (seg.weights_record or {}).get("sha256")}

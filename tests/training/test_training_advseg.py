@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from advseg_cli.errors import IncompatibleInputError
+from advseg_cli.errors import IncompatibleInputError, WeightsNotFoundError
 from advseg_cli.segcache import SegcacheConfig, build_segcache
 from advseg_cli.training.loop import Trainer, train
 from tests.helpers import write_vgg16_weights
@@ -91,3 +91,18 @@ def test_a_corrupt_photo_is_skipped_with_a_warning(tmp_path: Path) -> None:
     with pytest.warns(UserWarning, match="skipping undecodable image"):
         summary = train(tiny_config(data, tmp_path / "runs", model="pix2pix", max_steps=8))
     assert summary.steps == 8
+
+
+def test_without_seg_weights_the_training_takes_the_ones_the_cache_was_made_with(
+        seg_setup, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`advseg segcache --weights X` then `advseg train` needs no --seg-weights: the cache's record names X."""
+    import huggingface_hub.constants
+
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "hub"))  # no real weights
+    data, weights, cache = seg_setup
+    trainer = Trainer(_config(seg_setup, tmp_path / "a", seg_weights=None, max_steps=1))
+    assert trainer.model.seg.weights_record["path"] == str(weights.resolve())
+    copy = tmp_path / "cache-elsewhere.h5"  # a cache without its run record: nothing to go on
+    copy.write_bytes(cache.read_bytes())
+    with pytest.raises(WeightsNotFoundError, match="--seg-weights"):  # the message names train's option
+        Trainer(_config(seg_setup, tmp_path / "b", seg_weights=None, segcache=copy, max_steps=1))
