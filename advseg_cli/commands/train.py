@@ -42,7 +42,8 @@ def _default_workers() -> int:
 @click.option("--segcache-missing", type=click.Choice(["error", "skip"]), default="error", show_default=True,
               help="What to do with photos that have no fresh map.")
 @click.option("--seg-backend", help="Segmentation backend for generated photos [default: the segcache's].")
-@click.option("--seg-weights", type=click.Path(path_type=Path), help="Weights of that backend (file or folder).")
+@click.option("--seg-weights", type=click.Path(path_type=Path),
+              help="Weights of that backend (file or folder) [default: those the segcache was made with, if still there].")
 @click.option("--arch", type=click.Choice(GENERATOR_ARCHS), help="Generator [resnet_9blocks; unet_256 AutoPainter].")
 @click.option("--ngf", type=click.IntRange(min=1), help="Generator width [64; 48 AutoPainter].")
 @click.option("--ndf", type=click.IntRange(min=1), help="Discriminator width [64; 48 AutoPainter].")

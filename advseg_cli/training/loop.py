@@ -52,7 +52,7 @@ class TrainConfig:
     segcache: Path | None = None  # HDF5 label maps of the photos (needed by --advseg multi/binary/both)
     segcache_missing: str = "error"  # error | skip photos without a fresh map
     seg_backend: str | None = None  # None: the backend that made the segcache
-    seg_weights: Path | None = None  # weights of the training Seg (default: the backend's own resolution)
+    seg_weights: Path | None = None  # weights of the training Seg (default: the segcache's, else the backend's own)
     perceptual_weights: Path | None = None  # AutoPainter's VGG16 (default: resolved like every weights file)
     load_size: int = 286  # photos and sketches are resized to load_size x load_size (bicubic)
     crop_size: int = 256  # then randomly cropped to crop_size x crop_size
