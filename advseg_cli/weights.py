@@ -2,8 +2,10 @@
 
 Order (DESIGN.md): an explicit ``--weights PATH``; the cache folder ``$ADVSEG_HOME`` (default
 ``~/.cache/advseg``); a file an installed package ships; torch hub's cache, for files that torchvision
-or pytorch-fid download there; a download from the official URL with a sha256 check. When none works, the error names the file, where to get it and which option takes it.
-Downloads never happen when ``ADVSEG_OFFLINE=1`` (the tests set it).
+or pytorch-fid download there; a download from the official URL with a sha256 check (or, for
+torchvision's files, the sha256 prefix their names publish). When none works, the error names the
+file, where to get it and which option takes it. Downloads never happen when ``ADVSEG_OFFLINE=1``
+(the tests set it).
 """
 
 from __future__ import annotations
