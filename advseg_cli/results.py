@@ -149,8 +149,8 @@ def table_markdown(rows: dict[str, list[dict[str, Any]]]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def write_table(results: Path, out: Path | None = None) -> Path:
-    """RESULTS/TABLE.md from every RESULTS/DATASET.json that write_row produced."""
+def read_rows(results: Path) -> dict[str, list[dict[str, Any]]]:
+    """dataset -> its columns, from every RESULTS/DATASET.json that write_row produced."""
     rows = {}
     for path in sorted(results.glob("*.json")):
         data = _read_json(path)
@@ -158,6 +158,61 @@ def write_table(results: Path, out: Path | None = None) -> Path:
             rows[data["dataset"]] = data["columns"]
     if not rows:
         raise AdvsegError(f"{results}: no finished rows; run `make reproduce DATASET=NAME` first")
+    return rows
+
+
+def write_table(results: Path, out: Path | None = None) -> Path:
+    """RESULTS/TABLE.md from every RESULTS/DATASET.json that write_row produced."""
+    rows = read_rows(results)
     target = out or results / "TABLE.md"
     write_bytes_atomic(target, table_markdown(rows).encode("utf-8"))
     return target
+
+
+# ----------------------------------------------------------------------------- two reproductions side by side
+# Settings a row records per column; a difference is printed next to the two numbers. The ones marked
+# incomparable make the two FIDs different quantities, not different results.
+COMPARED_SETTINGS = ("seg_grad", "seg_backend", "test_mode", "steps", "dims", "inception_sha256", "images")
+INCOMPARABLE_SETTINGS = ("dims", "inception_sha256")
+
+
+def _setting_differences(a: dict[str, Any], b: dict[str, Any]) -> tuple[list[str], bool]:
+    """'name a -> b' for each recorded setting that differs, and whether the FIDs can be compared."""
+    differences = [f"{name} {_short_value(a.get(name))} -> {_short_value(b.get(name))}"
+                   for name in COMPARED_SETTINGS if a.get(name) != b.get(name)]
+    comparable = all(a.get(name) == b.get(name) for name in INCOMPARABLE_SETTINGS)
+    return differences, comparable
+
+
+def _short_value(value: Any) -> str:
+    text = "—" if value is None else str(value)
+    return text[:12] + "..." if len(text) > 16 else text
+
+
+def _delta(a: dict[str, Any], b: dict[str, Any], comparable: bool) -> str:
+    if a["status"] != "done" or b["status"] != "done":
+        return "—"
+    if not comparable:
+        return "not comparable"
+    return f"{b['fid'] - a['fid']:+.1f}"
+
+
+def comparison_markdown(rows_a: dict[str, list[dict[str, Any]]], rows_b: dict[str, list[dict[str, Any]]],
+                        labels: tuple[str, str]) -> str:
+    """One line per dataset and column made in either reproduction: both FIDs, B - A, the paper's, and
+    every recorded setting in which the two differ (the point of a comparison is to know which did)."""
+    first, second = labels
+    lines = [f"# FID: {first} vs {second} (lower is better)", "",
+             f"| dataset | column | {first} | {second} | {second} - {first} | paper | what differs |",
+             "|---|---|---:|---:|---:|---:|---|"]
+    for dataset in [name for name in rows_a if name in rows_b]:
+        for a, b in zip(rows_a[dataset], rows_b[dataset]):
+            if a["status"] != "done" and b["status"] != "done":
+                continue
+            differences, comparable = _setting_differences(a, b)
+            lines.append(f"| {dataset} | {a['header']} ({a['column']}) | {_cell(a)} | {_cell(b)} | "
+                         f"{_delta(a, b, comparable)} | {_fmt(a['paper'])} | {'; '.join(differences) or '—'} |")
+    only = sorted(set(rows_a) ^ set(rows_b))
+    if only:
+        lines += ["", f"In one of the two only: {', '.join(only)}."]
+    return "\n".join(lines) + "\n"

@@ -35,3 +35,27 @@ def table(results_dir: Path, out: Path | None) -> None:
     target = write_table(results_dir, out)
     click.echo(target.read_text(encoding="utf-8"), nl=False)
     click.echo(f"results table: {target}")
+
+
+@results.command("compare")
+@click.argument("first", type=click.Path(path_type=Path, file_okay=False, exists=True))
+@click.argument("second", type=click.Path(path_type=Path, file_okay=False, exists=True))
+@click.option("--labels", default=None, help="Two names for the columns, comma-separated [default: the folder names].")
+@click.option("--out", type=click.Path(path_type=Path, dir_okay=False), help="Also write the table to this file.")
+def compare(first: Path, second: Path, labels: str | None, out: Path | None) -> None:
+    """Two reproductions side by side (e.g. SEG_GRAD=soft vs compat): both FIDs, the difference, and
+    every recorded setting in which the two runs differ.
+
+    FIRST and SECOND are RESULTS folders of `make reproduce` (RESULTS=... with different RUNS/settings).
+    """
+    from advseg_cli.errors import AdvsegError
+    from advseg_cli.files import write_bytes_atomic
+    from advseg_cli.results import comparison_markdown, read_rows
+
+    names = tuple(part.strip() for part in labels.split(",")) if labels else (first.name, second.name)
+    if len(names) != 2 or not all(names):
+        raise AdvsegError(f"--labels {labels}: give two names separated by a comma, e.g. soft,compat")
+    text = comparison_markdown(read_rows(first), read_rows(second), names)  # type: ignore[arg-type]
+    if out is not None:
+        write_bytes_atomic(out, text.encode("utf-8"))
+    click.echo(text, nl=False)

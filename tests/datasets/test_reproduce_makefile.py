@@ -107,6 +107,13 @@ def test_reproduce_builds_the_table_and_redoes_only_what_was_deleted(setting) ->
     assert "(155.1)" in elephant and "(83.5)" in elephant and "not " not in elephant  # all 9 columns made
     assert "Not reproduced yet: bedroom, illustration, sheep" in text
 
+    results = str(root / "results")
+    compared = subprocess.run([sys.executable, "-m", "advseg_cli.cli", "results", "compare", results, results,
+                               "--labels", "a,b"], capture_output=True, text=True, timeout=120, env=env)
+    assert compared.returncode == 0, compared.stderr
+    rows = [line for line in compared.stdout.splitlines() if line.startswith("| elephant |")]
+    assert len(rows) == 9 and all("| +0.0 |" in row and row.endswith("| — |") for row in rows)
+
 
 def test_a_missing_weights_file_stops_make_before_any_step(tmp_path: Path) -> None:
     variables = {"DATASET": "sheep", "DATA_ROOT": str(tmp_path / "datasets"), "RUNS": str(tmp_path / "runs"),
