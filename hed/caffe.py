@@ -82,6 +82,14 @@ def _packed_varints(value: int | memoryview) -> list[int]:
     return out
 
 
+def _reals(value: int | memoryview, wire: int, dtype: str, single_wire: int) -> np.ndarray:
+    """A packed run (bytes) or a single fixed-size value of floats or doubles."""
+    size = np.dtype(dtype).itemsize
+    if isinstance(value, int) or wire not in (_WIRE_BYTES, single_wire) or len(value) % size:
+        raise CaffeFormatError("blob data that are not whole floats (damaged file?)")
+    return np.frombuffer(bytes(value), dtype=dtype)
+
+
 def _blob(message: memoryview) -> np.ndarray:
     """A BlobProto as an array of its shape (new ``shape`` field, else the legacy 4-D fields)."""
     floats: list[np.ndarray] = []
@@ -91,9 +99,9 @@ def _blob(message: memoryview) -> np.ndarray:
     has_legacy = False
     for number, wire, value in _fields(message):
         if number == 5:
-            floats.append(np.frombuffer(bytes(value), dtype="<f4"))  # packed (bytes) or one fixed32
+            floats.append(_reals(value, wire, "<f4", _WIRE_FIXED32))
         elif number == 8:
-            doubles.append(np.frombuffer(bytes(value), dtype="<f8"))
+            doubles.append(_reals(value, wire, "<f8", _WIRE_FIXED64))
         elif number == 7 and wire == _WIRE_BYTES:
             for dim_number, _, dim_value in _fields(value):
                 if dim_number == 1:

@@ -189,3 +189,25 @@ def test_broken_caffemodels_are_one_line_errors(layers, caffemodel: Path, tmp_pa
         load_hed_weights(text)
     with pytest.raises(CaffeFormatError):
         read_caffemodel(text)
+
+
+def test_damaged_bytes_are_format_errors_never_crashes(tmp_path: Path) -> None:
+    """Flipped, deleted and cut bytes of a small model: a CaffeFormatError or a readable result, nothing else."""
+    import random
+
+    small = [("conv1_1", [np.arange(12, dtype=np.float32).reshape(2, 3, 2, 1), np.array([0.5, -2], np.float32)])]
+    good = write_caffemodel(tmp_path / "small.caffemodel", small, "new").read_bytes()
+    rng, damaged, refused = random.Random(0), tmp_path / "damaged.caffemodel", 0
+    for _ in range(400):
+        data = bytearray(good)
+        position = rng.randrange(len(data))
+        if rng.random() < 0.5:
+            data[position] = rng.randrange(256)
+        else:
+            del data[position:position + rng.randint(1, 8)]
+        damaged.write_bytes(bytes(data))
+        try:
+            read_caffemodel(damaged)
+        except CaffeFormatError:
+            refused += 1
+    assert refused > 100  # most damage is detected; the rest still parses into some arrays
