@@ -292,13 +292,16 @@ class PanopticFPNSegmenter(Segmenter):
 def _resolve_panoptic_weights(weights: Path | None) -> ResolvedWeights:
     """detectron2 present and a weights file advseg may load: a .pkl only when the user named it."""
     _require_detectron2()
-    resolved = resolve_weights(WEIGHTS.name, weights)
-    if resolved.source != "explicit" and resolved.path.suffix == ".pkl":
+    if weights is not None:
+        return resolve_weights(WEIGHTS.name, weights)
+    try:  # never loaded unnamed (it is a pickle and no verified sha256 is recorded), but say where it is
+        found = resolve_weights(WEIGHTS.name).path
+    except WeightsNotFoundError:
         raise WeightsNotFoundError(
-            f"found {resolved.path}, but advseg unpickles only a .pkl you name (no verified sha256 of "
-            f"{WEIGHTS.filename} is recorded): pass it with --weights {resolved.path}"
-        )
-    return resolved
+            f"the panoptic-fpn backend loads only a weights file you name (a .pkl is a pickle): "
+            f"{WEIGHTS.how_to_get} and pass it with --weights PATH") from None
+    raise WeightsNotFoundError(f"found {found}, but advseg unpickles only a .pkl you name (no verified sha256 "
+                               f"of {WEIGHTS.filename} is recorded): pass it with --weights {found}")
 
 
 @register_weights_check("panoptic-fpn")
