@@ -17,7 +17,11 @@ SEG_PREFIX = "seg:"
 
 def _load_registry() -> None:
     for module in _REGISTERING_MODULES:
-        importlib.import_module(module)
+        try:
+            importlib.import_module(module)
+        except ImportError as exc:  # a broken install, not a user mistake worth a traceback
+            raise AdvsegError(f"advseg's dependency {exc.name} is not installed; run `make install` "
+                              "(or pip install -e . in this environment)") from None
 
 
 def _parse_need(text: str) -> tuple[str, Path | None]:
