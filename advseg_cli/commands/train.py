@@ -87,6 +87,9 @@ def _default_workers() -> int:
               help="Resume when RUNS_DIR/NAME already has a checkpoint, else start it (for scripts and make).")
 @click.option("--init-from", type=click.Path(path_type=Path, dir_okay=False),
               help="Start from generator weights (an advseg checkpoint or a public-code *_net_G*.pth), at step 0.")
+@click.option("--like", type=click.Path(path_type=Path),
+              help="Start a new run with another run's options (its folder or config.json); the options given "
+                   "here override them, e.g. --like runs/a --name b --lambda-seg 5.")
 @click.option("--dry-run", is_flag=True, help="Print the resolved configuration as JSON and exit.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 def train(data: Path | None, **options: Any) -> None:
@@ -96,15 +99,20 @@ def train(data: Path | None, **options: Any) -> None:
     --sketches/--photos name the folders directly. With --resume, the run's own config.json supplies
     every option not given on this command line (so `advseg train --name NAME --resume` is enough).
     """
+    from advseg_cli.errors import AdvsegError
     from advseg_cli.training.loop import train as run_training
 
-    dry_run = options.pop("dry_run")
-    given = _options_given_on_command_line(click.get_current_context()) - {"auto_resume"}
+    dry_run, like = options.pop("dry_run"), options.pop("like")
+    given = _options_given_on_command_line(click.get_current_context()) - {"auto_resume", "like", "dry_run"}
     latest = Path(options["runs_dir"]) / options["name"] / "checkpoints" / "latest.pt"
     if options.pop("auto_resume") and latest.exists():
         options["resume"] = True
     if options["resume"]:
+        if like is not None:
+            raise AdvsegError("--like starts a new run from another run's options; --resume continues a run: pick one")
         config = _resumed_config(data, options, given)
+    elif like is not None:
+        config = _config_like(like, data, options, given)
     else:
         config = _new_config(data, options)
     if dry_run:
@@ -156,9 +164,7 @@ def _resumed_config(data: Path | None, options: dict[str, Any], given: set[str])
     stored_file = Path(options["runs_dir"]) / options["name"] / "config.json"
     if not stored_file.exists():
         raise AdvsegError(f"--resume: {stored_file} does not exist; start the run without --resume")
-    stored = json.loads(stored_file.read_text(encoding="utf-8"))
-    fields = {f.name for f in dataclasses.fields(TrainConfig)}
-    values = {k: (Path(v) if k in _PATH_FIELDS and v is not None else v) for k, v in stored.items() if k in fields}
+    values = _stored_values(stored_file, "--resume")
     changed = sorted(name for name in given - {"resume", "name", "runs_dir", "dry_run", *_RESUME_MAY_CHANGE}
                      if _differs(name, options, values, data))
     if changed:
@@ -167,6 +173,43 @@ def _resumed_config(data: Path | None, options: dict[str, Any], given: set[str])
     for name in given & set(_RESUME_MAY_CHANGE):
         values["compile" if name == "compile_" else name] = options[name]
     values.update(resume=True, init_from=None)
+    return TrainConfig(**values).validate()
+
+
+def _stored_values(config_file: Path, option: str) -> dict[str, Any]:
+    """A run's config.json as TrainConfig field values (paths as Paths)."""
+    from advseg_cli.errors import AdvsegError
+    from advseg_cli.training.loop import TrainConfig
+
+    if not config_file.is_file():
+        raise AdvsegError(f"{option}: {config_file} does not exist; pass a run folder of `advseg train`")
+    try:
+        stored = json.loads(config_file.read_text(encoding="utf-8"))
+    except ValueError as exc:
+        raise AdvsegError(f"{option}: {config_file} is not readable JSON ({exc})") from None
+    fields = {f.name for f in dataclasses.fields(TrainConfig)}
+    return {k: (Path(v) if k in _PATH_FIELDS and v is not None else v) for k, v in stored.items() if k in fields}
+
+
+def _config_like(like: Path, data: Path | None, options: dict[str, Any], given: set[str]) -> Any:
+    """Another run's options, overridden by the ones given on this command line: a new run at step 0."""
+    from advseg_cli.training.loop import TrainConfig
+
+    values = _stored_values(like / "config.json" if like.is_dir() else like, "--like")
+    values["model_options"] = dict(values.get("model_options") or {})
+    if data is not None:
+        values["sketches"], values["photos"] = data / "trainA", data / "trainB"
+        if (data / "segmaps.h5").exists() and "segcache" not in given:
+            values["segcache"] = data / "segmaps.h5"
+    for name in given - {"data"}:
+        if name in MODEL_OPTIONS:
+            values["model_options"][name] = options[name]
+        elif name == "no_flip":
+            values["flip"] = not options[name]
+        else:
+            values["compile" if name == "compile_" else name] = options[name]
+    values.update(name=options["name"], runs_dir=options["runs_dir"], resume=False,
+                  init_from=options["init_from"] if "init_from" in given else None)
     return TrainConfig(**values).validate()
 
 

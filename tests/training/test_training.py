@@ -248,3 +248,25 @@ def test_autopainter_trains_resumes_and_colorizes_from_the_cli(data: Path, tmp_p
     assert not (runs / "ap2" / "checkpoints").exists()
     wrong_model = invoke_advseg(*[("pix2pix" if c == "autopainter" else c) for c in command], "--name", "p2")
     assert wrong_model.returncode == 2 and "--perceptual-weights: --model pix2pix" in wrong_model.stderr
+
+
+def test_cli_like_starts_a_new_run_with_another_runs_options(data: Path, tmp_path: Path) -> None:
+    runs = tmp_path / "runs"
+    first = invoke_advseg("train", str(data), "--name", "a", "--runs-dir", str(runs), "--model", "pix2pix", "--ngf",
+                          "4", "--ndf", "4", "--arch", "resnet_6blocks", "--load-size", "36", "--crop-size", "32",
+                          "--workers", "0", "--device", "cpu", "--quiet", "--max-steps", "2", "--lambda-l1", "50")
+    assert first.returncode == 0, first.stderr
+    like = invoke_advseg("train", "--like", str(runs / "a"), "--name", "b", "--runs-dir", str(runs),
+                         "--seed", "3", "--lambda-l1", "10", "--max-steps", "1")
+    assert like.returncode == 0, like.stderr
+    a = json.loads((runs / "a" / "config.json").read_text())
+    b = json.loads((runs / "b" / "config.json").read_text())
+    assert (b["seed"], b["max_steps"], b["model_options"]["lambda_l1"]) == (3, 1, 10.0)
+    assert b["model_options"]["ngf"] == 4 and b["model"] == "pix2pix" and b["load_size"] == 36
+    unchanged = {k for k in a if a[k] == b[k]}
+    assert set(a) - unchanged == {"name", "seed", "max_steps", "model_options", "model_config"}  # nothing else
+    assert [row["step"] for row in losses(runs / "b")] == [1]  # a new run, from step 0
+    missing = invoke_advseg("train", "--like", str(tmp_path / "nope"), "--name", "c", "--runs-dir", str(runs))
+    assert missing.returncode == 2 and "--like" in missing.stderr and "does not exist" in missing.stderr
+    both = invoke_advseg("train", "--like", str(runs / "a"), "--name", "a", "--runs-dir", str(runs), "--resume")
+    assert both.returncode == 2 and "pick one" in both.stderr
