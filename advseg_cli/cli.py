@@ -50,10 +50,6 @@ def _device_option(function: Any) -> Any:
     return click.option("--device", default="auto", help="auto (CUDA when available), cpu, cuda or cuda:N.")(function)
 
 
-def _default_workers() -> int:
-    return min(4, os.cpu_count() or 1)
-
-
 @main.command()
 @click.argument("photos", type=click.Path(path_type=Path, file_okay=False))
 @click.argument("out", type=click.Path(path_type=Path, file_okay=False))

@@ -14,8 +14,9 @@ import contextlib
 import dataclasses
 import importlib.metadata
 import os
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
+from typing import Any
 
 from advseg_cli.errors import AdvsegError, WeightsMismatchError, WeightsNotFoundError
 from advseg_cli.files import sha256_file
@@ -143,6 +144,22 @@ def _download(spec: WeightsSpec, target: Path) -> None:
             f"cannot download {spec.filename} ({exc}); {spec.how_to_get}, put it in "
             f"{advseg_home()} or pass {spec.option} PATH"
         ) from None
+
+
+def read_tensor_file(path: Path, expected: str) -> dict[str, Any]:
+    """An untrusted weights file as a mapping of names, read with ``torch.load(weights_only=True)`` so no
+    pickled code can run; anything unreadable is one line. ``expected`` names the content in messages."""
+    import torch
+
+    try:
+        content = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:  # noqa: BLE001 - any failure to unpickle safely is the same user problem
+        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise WeightsMismatchError(
+            f"{path}: not a PyTorch state dict that can be read safely (weights_only=True): {reason}") from None
+    if not isinstance(content, Mapping) or not content:
+        raise WeightsMismatchError(f"{path}: expected {expected} (name -> tensor), found {type(content).__name__}")
+    return {str(key): value for key, value in content.items()}
 
 
 def torch_hub_checkpoints() -> Path:

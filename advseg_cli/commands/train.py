@@ -170,8 +170,7 @@ def _resumed_config(data: Path | None, options: dict[str, Any], given: set[str])
     if changed:
         raise AdvsegError(f"--resume: {', '.join('--' + c.replace('_', '-') for c in changed)} differ from the "
                           f"run's config.json; resume without them or start a new --name")
-    for name in given & set(_RESUME_MAY_CHANGE):
-        values["compile" if name == "compile_" else name] = options[name]
+    _override(values, options, given & set(_RESUME_MAY_CHANGE))
     values.update(resume=True, init_from=None)
     return TrainConfig(**values).validate()
 
@@ -196,21 +195,26 @@ def _config_like(like: Path, data: Path | None, options: dict[str, Any], given: 
     from advseg_cli.training.loop import TrainConfig
 
     values = _stored_values(like / "config.json" if like.is_dir() else like, "--like")
-    values["model_options"] = dict(values.get("model_options") or {})
     if data is not None:
         values["sketches"], values["photos"] = data / "trainA", data / "trainB"
         if (data / "segmaps.h5").exists() and "segcache" not in given:
             values["segcache"] = data / "segmaps.h5"
-    for name in given - {"data"}:
+    _override(values, options, given - {"data"})
+    values.update(name=options["name"], runs_dir=options["runs_dir"], resume=False,
+                  init_from=options["init_from"] if "init_from" in given else None)
+    return TrainConfig(**values).validate()
+
+
+def _override(values: dict[str, Any], options: dict[str, Any], names: set[str]) -> None:
+    """Put this command line's values of ``names`` (click parameter names) into stored TrainConfig values."""
+    values["model_options"] = dict(values.get("model_options") or {})
+    for name in names:
         if name in MODEL_OPTIONS:
             values["model_options"][name] = options[name]
         elif name == "no_flip":
             values["flip"] = not options[name]
         else:
             values["compile" if name == "compile_" else name] = options[name]
-    values.update(name=options["name"], runs_dir=options["runs_dir"], resume=False,
-                  init_from=options["init_from"] if "init_from" in given else None)
-    return TrainConfig(**values).validate()
 
 
 def _differs(name: str, options: dict[str, Any], stored: dict[str, Any], data: Path | None) -> bool:

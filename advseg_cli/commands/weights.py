@@ -32,11 +32,11 @@ def _parse_need(text: str) -> tuple[str, Path | None]:
 def _check_one(name: str, path: Path | None) -> str:
     """Where NAME's file is (fetching it when it can be); AdvsegError naming the fix when it is not."""
     from advseg_cli.segmentation.base import check_segmenter_weights
-    from advseg_cli.weights import resolve_weights, weights_spec
+    from advseg_cli.weights import resolve_weights
 
     if name.startswith(SEG_PREFIX):
         return check_segmenter_weights(name[len(SEG_PREFIX):], path)
-    return str(resolve_weights(weights_spec(name).name, path).path)
+    return str(resolve_weights(name, path).path)
 
 
 def _listing_lines() -> list[str]:

@@ -236,6 +236,7 @@ class AdvSegModel(nn.Module):
         if self.seg_kinds and seg is None:
             raise ValueError(f"advseg={config.advseg!r} needs a segmentation network (seg=None was given)")
         object.__setattr__(self, "_seg", seg)  # deliberately not a registered sub-module
+        object.__setattr__(self, "_perceptual", None)  # AutoPainter's frozen VGG16 features, likewise
         self.criterion_gan = GANLoss(config.gan_mode)
         self.pool_seed = pool_seed
         self.pools: dict[str, ImagePool] = {}
@@ -243,6 +244,10 @@ class AdvSegModel(nn.Module):
     @property
     def seg(self) -> nn.Module | None:
         return self._seg
+
+    @property
+    def perceptual(self) -> nn.Module | None:
+        return self._perceptual
 
     # ----------------------------------------------------------------------------------------------
     # construction helpers
@@ -501,10 +506,6 @@ class AutoPainterAdvSeg(Pix2PixAdvSeg):
         if config.lambda_feat > 0 and perceptual is None:
             raise ValueError("lambda_feat > 0 needs the VGG feature network (perceptual=None was given)")
         object.__setattr__(self, "_perceptual", perceptual)  # deliberately not a registered sub-module
-
-    @property
-    def perceptual(self) -> nn.Module | None:
-        return self._perceptual
 
     def generator_losses(self, batch: Batch, fakes: Pix2PixFakes | None = None,
                          freeze_discriminators: bool = True) -> dict[str, Tensor]:

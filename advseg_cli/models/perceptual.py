@@ -19,7 +19,7 @@ import torch
 from torch import Tensor, nn
 
 from advseg_cli.errors import AdvsegError, WeightsMismatchError
-from advseg_cli.weights import ResolvedWeights, WeightsSpec, register_weights, resolve_weights
+from advseg_cli.weights import ResolvedWeights, WeightsSpec, read_tensor_file, register_weights, resolve_weights
 
 VGG16_URL = "https://download.pytorch.org/models/vgg16-397923af.pth"
 VGG16_WEIGHTS = register_weights(
@@ -110,22 +110,11 @@ class PerceptualFeatures(nn.Module):
         return {"network": "vgg16", "layer": self.layer, "weights": self.weights_record}
 
 
-def read_weights_file(path: Path) -> dict[str, Any]:
-    """The file as a dict of tensors, unpickled safely (``weights_only=True``); bad files are one line."""
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # noqa: BLE001 - any format problem means the same to the user
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise WeightsMismatchError(f"{path}: not a PyTorch state dict that can be read safely ({first})") from None
-    if not isinstance(state, dict):
-        raise WeightsMismatchError(f"{path}: holds a {type(state).__name__}, not a state dict of VGG16 weights")
-    return state
-
-
 def build_perceptual(layer: str, weights: Path | None, device: torch.device) -> PerceptualFeatures:
     """The frozen feature network with real weights (resolved like every weights file), on ``device``."""
     network = PerceptualFeatures(layer)
     resolved: ResolvedWeights = resolve_weights(VGG16_WEIGHTS.name, weights)
-    network.load_torchvision_state(read_weights_file(resolved.path), str(resolved.path))
+    network.load_torchvision_state(read_tensor_file(resolved.path, "torchvision's VGG16 state dict"),
+                                   str(resolved.path))
     network.weights_record = resolved.as_record()
     return network.to(device)

@@ -29,11 +29,11 @@ import re
 from collections.abc import Mapping
 from pathlib import Path
 
-import torch
 from torch import Tensor, nn
 
 from advseg_cli.errors import WeightsMismatchError, WeightsNotFoundError
 from advseg_cli.models.networks import GeneratorSpec, define_generator
+from advseg_cli.weights import read_tensor_file
 
 CYCLEGAN_RESNET = "cyclegan-resnet"
 CYCLEGAN_UNET = "cyclegan-unet"
@@ -61,16 +61,7 @@ def read_state_dict(path: Path) -> dict[str, Tensor]:
     path = Path(path)
     if not path.is_file():
         raise WeightsNotFoundError(f"{path}: no such generator checkpoint file")
-    try:
-        content = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as error:  # noqa: BLE001 - any failure to unpickle safely is the same user problem
-        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        raise WeightsMismatchError(
-            f"{path}: not a PyTorch state dict that can be read safely (weights_only=True): {reason}"
-        ) from None
-    if not isinstance(content, Mapping) or not content:
-        raise WeightsMismatchError(f"{path}: expected a generator state dict (name -> tensor), "
-                                   f"found {type(content).__name__}")
+    content = read_tensor_file(path, "a generator state dict")
     not_tensors = [key for key, value in content.items() if not isinstance(value, Tensor)]
     if not_tensors:
         raise WeightsMismatchError(

@@ -241,21 +241,13 @@ def build_segmenter_for(config: TrainConfig, device: torch.device) -> Any:
     return seg
 
 
-def build_perceptual_for(config: TrainConfig, device: torch.device) -> Any:
+def build_perceptual_for(config: TrainConfig, model_options: Any, device: torch.device) -> Any:
     """AutoPainter's frozen VGG16 features with real weights; None for models (or settings) without them."""
-    if not MODELS[config.model][1].uses_perceptual:
-        return None
-    options = model_config(config.model, **config.model_options)
-    if options.lambda_feat == 0:
+    if not MODELS[config.model][1].uses_perceptual or model_options.lambda_feat == 0:
         return None
     from advseg_cli.models.perceptual import build_perceptual
 
-    return build_perceptual(options.perceptual_layer, config.perceptual_weights, device)
-
-
-def perceptual_record(model: AdvSegModel) -> dict[str, Any] | None:
-    network = getattr(model, "perceptual", None)
-    return network.describe() if network is not None else None
+    return build_perceptual(model_options.perceptual_layer, config.perceptual_weights, device)
 
 
 def make_loader(dataset: SketchPhotoDataset, config: TrainConfig, ddp: Distributed, epoch: int,
@@ -397,11 +389,12 @@ class Trainer:
         if self.steps_per_epoch == 0:
             raise AdvsegError(f"--batch-size {config.batch_size}: larger than the {len(self.dataset)} training "
                               f"samples per process; use a smaller batch")
+        model_options = model_config(config.model, **config.model_options)
         with main_process_first(self.ddp):  # frozen networks whose weights may be downloaded
             seg = build_segmenter_for(config, self.device)
-            perceptual = build_perceptual_for(config, self.device)
-        self.model = build_model(config.model, model_config(config.model, **config.model_options), seg,
-                                 pool_seed=config.seed * 1000 + self.ddp.rank, perceptual=perceptual).to(self.device)
+            perceptual = build_perceptual_for(config, model_options, self.device)
+        self.model = build_model(config.model, model_options, seg, pool_seed=config.seed * 1000 + self.ddp.rank,
+                                 perceptual=perceptual).to(self.device)
         if config.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
         broadcast_parameters(self.model, self.ddp.world)
@@ -438,7 +431,8 @@ class Trainer:
         self.folder.write_config(config, {"model_config": dataclasses.asdict(self.model.config),
                                           "steps_per_epoch": self.steps_per_epoch, "world_size": self.ddp.world,
                                           "segmenter": self.model.seg.describe() if self.model.seg else None,
-                                          "perceptual": perceptual_record(self.model)})
+                                          "perceptual": self.model.perceptual.describe() if self.model.perceptual
+                                          else None})
 
     def _initialise_generators(self, path: Path) -> None:
         """Weights only (ours or a public-code generator), starting at step 0 with fresh optimizers."""

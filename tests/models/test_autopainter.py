@@ -11,9 +11,8 @@ import torchvision
 from advseg_cli.errors import AdvsegError, WeightsMismatchError, WeightsNotFoundError
 from advseg_cli.models.advseg import AutoPainterConfig, build_model, model_config
 from advseg_cli.models.losses import total_variation
-from advseg_cli.models.perceptual import (PERCEPTUAL_LAYERS, VGG16_WEIGHTS, PerceptualFeatures, build_perceptual,
-                                          read_weights_file)
-from advseg_cli.weights import advseg_home, resolve_weights, torch_hub_checkpoints
+from advseg_cli.models.perceptual import PERCEPTUAL_LAYERS, VGG16_WEIGHTS, PerceptualFeatures, build_perceptual
+from advseg_cli.weights import advseg_home, read_tensor_file, resolve_weights, torch_hub_checkpoints
 from tests.helpers import write_vgg16_weights
 from tests.models.conftest import PixelwiseSeg
 
@@ -68,7 +67,7 @@ def test_weight_files_of_another_layout_are_one_line_errors(tmp_path: Path) -> N
     text = tmp_path / "notes.pth"
     text.write_text("not weights")
     with pytest.raises(WeightsMismatchError, match="not a PyTorch state dict"):
-        read_weights_file(text)
+        read_tensor_file(text, "VGG16 weights")
 
 
 def test_weights_are_found_in_torch_hubs_cache_and_checked_by_their_hash_prefix(tmp_path: Path) -> None:
