@@ -33,6 +33,8 @@ setup(
         "transformers>=5.0",
         "pytorch-fid==0.3.0",
         "tensorboard>=2.15",
+        "safetensors>=0.4",
+        "matplotlib>=3.7",
     ],
     extras_require={
         "test": ["pytest>=8", "onnx>=1.15"],

@@ -97,13 +97,14 @@ def _register_stage_commands() -> None:
     """Stage commands live in their own modules; importing them is cheap (work modules load lazily)."""
     from advseg_cli.commands.colorize import colorize
     from advseg_cli.commands.data import data
+    from advseg_cli.commands.experiment import experiment
     from advseg_cli.commands.fid import fid
     from advseg_cli.commands.results import results
     from advseg_cli.commands.segcache import segcache
     from advseg_cli.commands.train import train
     from advseg_cli.commands.weights import weights
 
-    for command in (data, segcache, train, colorize, fid, results, weights):
+    for command in (data, segcache, train, colorize, fid, results, weights, experiment):
         main.add_command(command)
 
 

@@ -36,7 +36,7 @@ def _default_workers() -> int:
 @click.option("--advseg", type=click.Choice(ADVSEG_MODES), help="Segmentation discriminators: none, multi (D_M), binary, both [none].")
 @click.option("--lambda-seg", type=click.FloatRange(min=0), help="Weight of the segmentation GAN terms [10 CycleGAN, 100 Pix2Pix / AutoPainter].")
 @click.option("--seg-grad", type=click.Choice(SEG_GRAD_MODES),
-              help="soft: differentiable maps of generated photos (the paper's loss) [default]; compat: the public code's hard maps, no gradient.")
+              help="soft: differentiable maps of generated photos (the paper's loss) [default]; compat: the public code's hard maps, no gradient; straight: hard maps forward, soft gradient backward.")
 @click.option("--segcache", type=click.Path(path_type=Path, dir_okay=False),
               help="Label maps of the photos (advseg segcache) [default: DATA/segmaps.h5 when it exists].")
 @click.option("--segcache-missing", type=click.Choice(["error", "skip"]), default="error", show_default=True,
@@ -79,6 +79,9 @@ def _default_workers() -> int:
 @click.option("--max-steps", type=click.IntRange(min=0), default=0, help="Stop after this many steps (0: all epochs).")
 @click.option("--max-items", type=click.IntRange(min=0), default=0, help="Use at most this many samples per epoch.")
 @click.option("--log-every", type=click.IntRange(min=1), default=10, show_default=True)
+@click.option("--log-seg-grad-norm", is_flag=True,
+              help="Log the norm of the segmentation terms' gradient on the generator (grad/G_seg_norm) at each "
+                   "metric row; one extra backward then (0 exactly with --seg-grad compat).")
 @click.option("--sample-every", type=click.IntRange(min=1), default=500, show_default=True)
 @click.option("--save-every", type=click.IntRange(min=1), default=1000, show_default=True)
 @click.option("--save-epoch-every", type=click.IntRange(min=1), default=5, show_default=True)
@@ -148,7 +151,7 @@ def _new_config(data: Path | None, options: dict[str, Any]) -> Any:
 
 
 _PATH_FIELDS = ("sketches", "photos", "runs_dir", "segcache", "seg_weights", "perceptual_weights", "init_from")
-_RESUME_MAY_CHANGE = ("max_steps", "workers", "device", "quiet", "log_every", "sample_every", "save_every",
+_RESUME_MAY_CHANGE = ("max_steps", "workers", "device", "quiet", "log_every", "log_seg_grad_norm", "sample_every", "save_every",
                       "save_epoch_every", "compile_", "channels_last")
 
 

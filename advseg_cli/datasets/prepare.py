@@ -1,11 +1,14 @@
 """``advseg data prepare NAME ROOT``: from nothing to ``ROOT/NAME/{trainA,trainB,testA,testB,segmaps.h5}``.
 
-Three steps, each resumable and each with its own run record:
+Steps, each resumable and each with its own run record:
 
 1. ``fetch``: the photos of the dataset's file list into ``trainB/`` and ``testB/`` (record:
-   ``ROOT/NAME/advseg-data.json``, written only once every photo is in place or reported);
-2. ``edges``: ``advseg edges`` of ``trainB``/``testB`` into ``trainA``/``testA`` (their own records);
-3. ``segcache``: ``advseg segcache`` of ``trainB`` into ``segmaps.h5`` (record ``segmaps.h5.run.json``).
+   ``ROOT/NAME/advseg-data.json``, written only once every photo is in place or reported); for the
+   generated ``shapes`` world, rendering its photos and their ground truth (``truth/``);
+2. ``seg`` (``shapes`` only): train the world's Seg and its evaluation segmenter into ``$ADVSEG_HOME``
+   (or ``--seg-out``), unless they are there already;
+3. ``edges``: ``advseg edges`` of ``trainB``/``testB`` into ``trainA``/``testA`` (their own records);
+4. ``segcache``: ``advseg segcache`` of ``trainB`` into ``segmaps.h5`` (record ``segmaps.h5.run.json``).
 
 Sketch and photo of one image share their file stem, so the same folders are the paired layout that
 Pix2Pix reads (``trainA/x.png`` pairs with ``trainB/x.jpg``) and the unpaired one CycleGAN reads.
@@ -26,6 +29,7 @@ from advseg_cli.datasets.catalog import DatasetSpec, dataset_spec
 from advseg_cli.download import DownloadFailedError, Expected, download, with_mirror
 from advseg_cli.datasets.lists import (ListEntry, list_digest, read_list, split_counts, write_list)
 from advseg_cli.datasets.selection import CocoRule, SceneRule, select_coco, select_scenes
+from advseg_cli.datasets.shapes import WorldConfig, render_world
 from advseg_cli.edges import EdgesConfig, extract_edges
 from advseg_cli.errors import AdvsegError, AllInputsFailedError
 from advseg_cli.files import atomic_path, sha256_file
@@ -33,8 +37,9 @@ from advseg_cli.images import list_images
 from advseg_cli.progress import progress
 from advseg_cli.runrecord import RunRecord
 from advseg_cli.segcache import SegcacheConfig, build_segcache
+from advseg_cli.segmentation.shapes_training import SegTrainingConfig
 
-STEPS = ("fetch", "edges", "segcache")
+STEPS = ("fetch", "seg", "edges", "segcache")
 DATA_RECORD = "advseg-data.json"
 DERIVED_LIST = "list.tsv"
 TEST_EVERY = 10  # user folders without their own split: every 10th photo (by name) is a test photo
@@ -44,19 +49,36 @@ TEST_EVERY = 10  # user folders without their own split: every 10th photo (by na
 class PrepareConfig:
     """Every option of ``advseg data prepare``."""
 
-    steps: tuple[str, ...] = STEPS
+    steps: tuple[str, ...] | None = None  # None: the dataset's own steps (DatasetSpec.steps)
     source: Path | None = None  # folder datasets: the data the user obtained
     lists: Path | None = None  # a folder of NAME.tsv lists to use instead of data/lists
     mirror: str | None = None  # scheme://host[:port] that replaces the datasets' hosts
     downloads: Path | None = None  # where archives go [ROOT/downloads]
     edges: EdgesConfig = dataclasses.field(default_factory=EdgesConfig)
     segcache: SegcacheConfig = dataclasses.field(default_factory=SegcacheConfig)
+    world: WorldConfig = dataclasses.field(default_factory=WorldConfig)  # generated datasets: what to render
+    seg_training: SegTrainingConfig = dataclasses.field(default_factory=SegTrainingConfig)  # their Seg's training
+    seg_out: Path | None = None  # generated datasets: where their trained Seg goes [$ADVSEG_HOME]
     quiet: bool = False
 
-    def validate(self) -> None:
-        unknown = [step for step in self.steps if step not in STEPS]
-        if unknown or not self.steps:
+    def steps_for(self, spec: DatasetSpec) -> tuple[str, ...]:
+        """The steps to run for ``spec``, checked: unknown names, or a Seg to train for a dataset without one."""
+        steps = spec.steps if self.steps is None else self.steps
+        unknown = [step for step in steps if step not in STEPS]
+        if unknown or not steps:
             raise AdvsegError(f"--steps: {', '.join(unknown) or 'none given'}; choose from {', '.join(STEPS)}")
+        if "seg" in steps and spec.kind != "generated":
+            raise AdvsegError(f"--steps seg: {spec.name} uses a published Seg (--seg-backend); only a generated "
+                              "world (shapes) trains its own")
+        return steps
+
+    def validate(self) -> None:
+        if self.steps is not None:
+            unknown = [step for step in self.steps if step not in STEPS]
+            if unknown or not self.steps:
+                raise AdvsegError(f"--steps: {', '.join(unknown) or 'none given'}; choose from {', '.join(STEPS)}")
+        self.world.validate()
+        self.seg_training.validate()
 
 
 @dataclasses.dataclass(frozen=True)
@@ -251,24 +273,65 @@ def _fetch_step(spec: DatasetSpec, root: Path, folder: Path, config: PrepareConf
 
 # ---------------------------------------------------------------------------------------------- steps
 
+def _render_step(folder: Path, config: PrepareConfig) -> RunRecord:
+    """A generated dataset's "fetch": render its photos and ground truth (record written first as running,
+    so an interrupted render with other settings is never continued silently)."""
+    record = RunRecord("data-render", {"dataset": "shapes", "world": dataclasses.asdict(config.world)})
+    render_world(folder, config.world, quiet=config.quiet)  # refuses a folder rendered with other settings
+    record.counts = {"done": config.world.train + config.world.test, "skipped": 0, "failed": 0}
+    record.extra.update(splits={"train": config.world.train, "test": config.world.test}, truth="truth/",
+                        paper_split="not in the paper: a controlled world with exact ground truth")
+    record.finish()
+    record.write(folder / DATA_RECORD)
+    return record
+
+
+def world_segmenter_path(role: str, seg_out: Path | None) -> Path:
+    """Where the shapes world's ``role`` weights live: ``seg_out`` or ``$ADVSEG_HOME``."""
+    from advseg_cli.segmentation.shapes_seg import ROLES
+    from advseg_cli.weights import advseg_home
+
+    return (seg_out or advseg_home()) / ROLES[role][0].filename
+
+
+def _seg_step(config: PrepareConfig) -> None:
+    from advseg_cli.segmentation.shapes_training import describe_scores, ensure_trained
+
+    for role in ("seg", "eval"):
+        path = world_segmenter_path(role, config.seg_out)
+        record, trained = ensure_trained(role, path, config.seg_training)
+        what = "trained" if trained else "already there"
+        if not config.quiet:
+            print(f"data prepare shapes: {role} segmenter {what}: {path} ({describe_scores(record)})", flush=True)
+
+
 def prepare_dataset(name: str, root: Path, config: PrepareConfig = PrepareConfig()) -> PrepareSummary:
     """Run the chosen steps for dataset ``name`` under ``root``; finished work is skipped."""
     config.validate()
     spec = dataset_spec(name)
+    steps = config.steps_for(spec)
     folder = root / spec.name
     failed = 0
-    if "fetch" in config.steps:
-        failed += _fetch_step(spec, root, folder, config).counts["failed"]
+    if "fetch" in steps:
+        if spec.kind == "generated":
+            _render_step(folder, config)
+        else:
+            failed += _fetch_step(spec, root, folder, config).counts["failed"]
     elif not (folder / DATA_RECORD).exists():
         raise AdvsegError(f"{folder}: not fetched yet; run `advseg data prepare {name} {root} --steps fetch` first")
-    if "edges" in config.steps:
+    if "seg" in steps:
+        _seg_step(config)
+    if "edges" in steps:
         for split in ("train", "test"):
             failed += extract_edges(folder / f"{split}B", folder / f"{split}A", config.edges).failed
-    if "segcache" in config.steps:
-        build_segcache(folder / "trainB", folder / "segmaps.h5", config.segcache)
+    if "segcache" in steps:
+        segcache = config.segcache
+        if spec.kind == "generated" and segcache.backend == "shapes" and segcache.weights is None:
+            segcache = dataclasses.replace(segcache, weights=world_segmenter_path("seg", config.seg_out))
+        build_segcache(folder / "trainB", folder / "segmaps.h5", segcache)
     counts = {f"{split}{side}": _count_images(folder / f"{split}{side}")
               for split in ("train", "test") for side in "AB"}
-    return PrepareSummary(folder, counts, failed, config.steps)
+    return PrepareSummary(folder, counts, failed, steps)
 
 
 def _count_images(folder: Path) -> int:

@@ -31,6 +31,11 @@ Segmentation maps of generated photos (``seg_grad``):
 ``compat``
     ``one_hot(seg.hard_labels(fake_B.detach()))``: the public code's hard maps, which carry no
     gradient, so the generator's segmentation term is a constant (its defect, kept for comparison).
+``straight``
+    A straight-through map: forward, the one-hot of Seg's hard labels (so D_M / D_Bin see maps as sharp
+    as the real photos' one-hot maps and cannot tell generated ones by their softness); backward, the
+    gradient of the soft probabilities (``hard + soft - soft.detach()``), so the loss still reaches
+    the generator.
 
 Real maps are one-hot (or binary) maps of the cached labels in both modes.
 """
@@ -62,7 +67,7 @@ from advseg_cli.segmentation.classes import NUM_CLASSES
 from advseg_cli.segmentation.maps import binary_from_labels, binary_from_probs, one_hot
 
 ADVSEG_MODES: tuple[str, ...] = ("none", "multi", "binary", "both")
-SEG_GRAD_MODES: tuple[str, ...] = ("soft", "compat")
+SEG_GRAD_MODES: tuple[str, ...] = ("soft", "compat", "straight")
 POOL_DTYPES: dict[str, torch.dtype] = {"float32": torch.float32, "float16": torch.float16,
                                        "bfloat16": torch.bfloat16}
 BINARY_CHANNELS = 3  # unlabeled (always 0), thing, stuff
@@ -74,6 +79,11 @@ _SEG_CHANNELS: dict[str, int] = {"multi": NUM_CLASSES, "binary": BINARY_CHANNELS
 _SEG_LOSS_NAMES: dict[str, str] = {"multi": "M", "binary": "Bin"}
 
 Batch = Mapping[str, Tensor]
+
+
+def straight_through(hard: Tensor, soft: Tensor) -> Tensor:
+    """Forward the values of ``hard``, backward the gradient of ``soft`` (same shape)."""
+    return hard.to(soft.dtype) + soft - soft.detach()
 
 
 def _flag(field: str) -> str:
@@ -306,6 +316,11 @@ class AdvSegModel(nn.Module):
         if self.config.seg_grad == "soft":
             probs = self.seg.soft_probs(fake_B)  # [N,135,H,W], gradient flows to fake_B
             maps = {"multi": probs, "binary": binary_from_probs(probs) if "binary" in self.seg_kinds else None}
+        elif self.config.seg_grad == "straight":
+            labels, probs = self.seg.hard_and_soft(fake_B)  # one forward where the backend allows it
+            maps = {"multi": straight_through(one_hot(labels), probs),
+                    "binary": straight_through(binary_from_labels(labels), binary_from_probs(probs))
+                    if "binary" in self.seg_kinds else None}
         else:
             with torch.no_grad():
                 labels = self.seg.hard_labels(fake_B.detach())  # [N,H,W] uint8

@@ -29,10 +29,11 @@ from advseg_cli.devices import check_precision
 from advseg_cli.errors import AdvsegError
 
 # The built-in backends, in the order a user sees them (the first is what CI exercises).
-BACKENDS: tuple[str, ...] = ("mask2former", "panoptic-fpn")
+BACKENDS: tuple[str, ...] = ("mask2former", "panoptic-fpn", "shapes")
 _BUILTIN_MODULES = {
     "mask2former": "advseg_cli.segmentation.mask2former",
     "panoptic-fpn": "advseg_cli.segmentation.panoptic_fpn",
+    "shapes": "advseg_cli.segmentation.shapes_seg",  # the shapes world's trained Seg (advseg data prepare shapes)
 }
 
 SegmenterFactory = Callable[[Path | None, torch.device, str], "Segmenter"]
@@ -78,6 +79,11 @@ class Segmenter(torch.nn.Module):
     def soft_probs(self, images: Tensor) -> Tensor:
         """[N,3,H,W] RGB in [-1,1] -> [N,135,H,W] class probabilities, differentiable w.r.t. images."""
         raise NotImplementedError
+
+    def hard_and_soft(self, images: Tensor) -> tuple[Tensor, Tensor]:
+        """Both maps of one batch: [N,H,W] uint8 labels (no gradient) and [N,135,H,W] probabilities
+        (differentiable). Backends whose labels come from the same forward override this to run once."""
+        return self.hard_labels(images.detach()), self.soft_probs(images)
 
     def describe(self) -> dict[str, Any]:
         """Provenance for run records and cache attributes."""

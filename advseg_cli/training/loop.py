@@ -71,6 +71,8 @@ class TrainConfig:
     max_steps: int = 0  # stop after this many steps in total (0: train all epochs)
     max_items: int = 0  # use at most this many training samples per epoch (0: all)
     log_every: int = 10  # steps between metric rows (and NaN checks)
+    log_seg_grad_norm: bool = False  # at each metric row, the norm of the segmentation terms' gradient on the
+    #                                  photo generator (one extra backward; 0 exactly when no gradient reaches it)
     sample_every: int = 500  # steps between sample grids
     save_every: int = 1000  # steps between latest.pt saves
     save_epoch_every: int = 5  # epochs between epoch_NNN.pt snapshots
@@ -494,6 +496,9 @@ class Trainer:
         with autocast(device, precision):
             fakes = model.translate(batch)
             g = model.generator_losses(batch, fakes)
+        measured = {}
+        if self.config.log_seg_grad_norm and model.seg_kinds and (self.position.step + 1) % self.config.log_every == 0:
+            measured["grad/G_seg_norm"] = segmentation_gradient_norm(model, g)
         self.opt_G.zero_grad(set_to_none=True)
         self.scaler.scale(g["total"]).backward()
         average_gradients(model.generator_parameters(), self.ddp.world)
@@ -508,7 +513,7 @@ class Trainer:
         terms = {f"loss/{k}": v.detach() for k, v in g.items() if k != "total"}
         terms.update({f"loss/{k}": v.detach() for k, v in d.items() if k != "total"})
         terms["loss/G_total"], terms["loss/D_total"] = g["total"].detach(), d["total"].detach()
-        return terms
+        return {**terms, **measured}
 
     def _check_finite(self, values: dict[str, float]) -> None:
         bad = [k for k, v in values.items() if not math.isfinite(v)]
@@ -575,14 +580,30 @@ class Trainer:
         """Average the pending steps' losses (one device sync), check them, write one metrics row."""
         if not pending:
             return {}
-        keys = list(pending[0])
-        stacked = torch.stack([torch.stack([step[k].float() for k in keys]) for step in pending]).mean(0)
-        values = dict(zip(keys, stacked.tolist()))
+        keys = list(dict.fromkeys(key for step in pending for key in step))  # some are measured at some steps only
+        means = [torch.stack([step[k].float() for step in pending if k in step]).mean() for k in keys]
+        values = dict(zip(keys, torch.stack(means).tolist()))
         self._check_finite(values)
         values["lr"] = self.opt_G.param_groups[0]["lr"]
         values["time/seconds_per_step"] = seconds / len(pending)
         self.folder.log(self.position.step, self.position.epoch, values)
         return values
+
+
+def segmentation_gradient_norm(model: AdvSegModel, generator_terms: dict[str, Tensor]) -> Tensor:
+    """L2 norm of d(sum of the segmentation terms G_M, G_Bin)/d(photo generator's weights).
+
+    Measured on the graph of this step (kept for the real backward), so training is unchanged. A term
+    that does not depend on the generator (``--seg-grad compat``: hard maps) gives exactly 0.
+    """
+    seg_terms = [term for name, term in generator_terms.items() if name in ("G_M", "G_Bin")]
+    parameters = [p for p in model.photo_generator.parameters() if p.requires_grad]
+    if not seg_terms or not any(term.requires_grad for term in seg_terms):
+        return torch.zeros((), device=parameters[0].device)
+    total = torch.stack([term.float() for term in seg_terms]).sum()
+    grads = torch.autograd.grad(total, parameters, retain_graph=True, allow_unused=True)
+    squares = [(grad.float() ** 2).sum() for grad in grads if grad is not None]
+    return torch.stack(squares).sum().sqrt().detach() if squares else torch.zeros((), device=parameters[0].device)
 
 
 def train(config: TrainConfig) -> TrainSummary:

@@ -1,0 +1,1 @@
+"""Experiments: runs of the stage functions that measure something, with results.json, plots and a table."""
