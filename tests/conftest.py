@@ -26,3 +26,16 @@ def _isolated_home(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest
 def small_photos(tmp_path: Path) -> Path:
     """The four real test photos (scikit-image) at 64 px, one in a subfolder."""
     return make_photo_folder(tmp_path / "photos", 64)
+
+
+@pytest.fixture(scope="session")
+def shapes_segmenters(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A folder with the shapes world's two segmenters trained briefly (seconds), in the real file layout."""
+    from advseg_cli.datasets.prepare import world_segmenter_path
+    from advseg_cli.segmentation.shapes_training import SegTrainingConfig, train_role
+
+    folder = tmp_path_factory.mktemp("shapes-seg")
+    config = SegTrainingConfig(epochs=3, photos=96, validation_photos=32, size=64, batch_size=8, quiet=True)
+    for role in ("seg", "eval"):
+        train_role(role, world_segmenter_path(role, folder), config)
+    return folder

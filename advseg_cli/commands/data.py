@@ -61,7 +61,7 @@ def list_datasets() -> None:
 @click.option("--world-size", default=128, type=click.IntRange(min=32), help="shapes: photo side in pixels.")
 @click.option("--seg-out", type=click.Path(path_type=Path, file_okay=False), show_default="ADVSEG_HOME",
               help="shapes: where its trained Seg (shapes-seg.safetensors, shapes-seg-eval.safetensors) goes.")
-@click.option("--seg-epochs", default=5, type=click.IntRange(min=1), help="shapes: epochs of its Seg's training.")
+@click.option("--seg-epochs", default=8, type=click.IntRange(min=1), help="shapes: epochs of its Seg's training.")
 @click.option("--device", default="auto", help="auto, cpu, cuda or cuda:N (edges and segcache).")
 @click.option("--batch-size", default=0, type=click.IntRange(min=0),
               help="Photos per forward pass (0: each stage's default).")

@@ -83,7 +83,7 @@ Batch = Mapping[str, Tensor]
 
 def straight_through(hard: Tensor, soft: Tensor) -> Tensor:
     """Forward the values of ``hard``, backward the gradient of ``soft`` (same shape)."""
-    return hard.to(soft.dtype) + soft - soft.detach()
+    return hard.to(soft.dtype) + (soft - soft.detach())  # (x - x) is exactly 0: the forward is exactly hard
 
 
 def _flag(field: str) -> str:

@@ -43,7 +43,7 @@ IGNORE = 255  # a 135-layout label that is not one of the world's classes (never
 class SegTrainingConfig:
     """How one segmenter is trained (the record stores it)."""
 
-    epochs: int = 6
+    epochs: int = 8
     batch_size: int = 16
     lr: float = 3e-3  # Adam, decayed linearly to 0 over the run
     min_scale: float = 0.5  # batches are resized to a random side in [min_scale, 1] x the photo's

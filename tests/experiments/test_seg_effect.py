@@ -1,0 +1,115 @@
+"""``advseg experiment seg-effect --quick`` end to end: the real stages in the shapes world, in minutes.
+
+The quick preset's numbers mean nothing (4 steps, a Seg trained for seconds); what is checked is that
+every metric is what it claims to be: in range, exactly 0 where no gradient can flow, and the
+evaluation segmenter's own sanity (near its validation mIoU on the real test photos, near chance on grey).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+from PIL import Image
+
+from advseg_cli.cli import main
+from advseg_cli.experiments.seg_effect import METRICS, MODES, PRESETS, mean_and_spread
+from tests.helpers import requires_hed_weights
+
+QUICK = PRESETS["quick"]
+
+
+@pytest.fixture(scope="module")
+def quick_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict, str]:
+    out = tmp_path_factory.mktemp("seg-effect")
+    result = CliRunner().invoke(main, ["experiment", "seg-effect", str(out), "--quick", "--device", "cpu", "--quiet"])
+    assert result.exit_code == 0, result.output
+    return out, json.loads((out / "results.json").read_text()), result.output
+
+
+@requires_hed_weights
+def test_every_run_is_scored_at_every_evaluation_step(quick_run: tuple[Path, dict, str]) -> None:
+    out, results, printed = quick_run
+    rows = results["rows"]
+    expected = {(m, mode, s, step) for m in QUICK.models for mode in MODES for s in QUICK.seeds for step in QUICK.eval_steps}
+    assert {(r["model"], r["mode"], r["seed"], r["step"]) for r in rows} == expected
+    assert len(QUICK.eval_steps) >= 2  # the plots have a curve, not a point
+    for row in rows:
+        assert 0.0 <= row["miou"] <= 1.0 and 0.0 <= row["mae"] <= 255.0
+        assert math.isfinite(row["frechet"]) and row["frechet"] >= -1e-9
+    assert "| pix2pix | straight |" in printed and "References:" in printed  # the table, printed and in table.md
+    assert (out / "table.md").read_text() in printed
+
+
+@requires_hed_weights
+def test_the_segmentation_gradient_is_exactly_zero_in_compat_only(quick_run: tuple[Path, dict, str]) -> None:
+    _, results, _ = quick_run
+    for row in results["rows"]:
+        if row["mode"] == "none":
+            assert row["seg_grad_norm"] is None  # no segmentation term at all
+        elif row["mode"] == "compat":
+            assert row["seg_grad_norm"] == 0.0  # the public code's defect, measured
+        else:
+            assert row["seg_grad_norm"] > 0.0
+
+
+@requires_hed_weights
+def test_the_evaluation_segmenter_is_sane_and_not_the_training_one(quick_run: tuple[Path, dict, str]) -> None:
+    _, results, _ = quick_run
+    references = results["references"]
+    eval_record = json.loads(Path(results["eval_weights"] + ".run.json").read_text())
+    validation = eval_record["extra"]["validation"]["miou"]
+    assert abs(references["miou_test_photos"] - validation) < 0.15  # same world, other photos
+    assert references["miou_grey"] < 0.12  # one class everywhere: about chance
+    assert references["miou_grey"] < references["miou_test_photos"] / 3
+    assert results["seg_weights"] != results["eval_weights"]
+    seg_record = json.loads(Path(results["seg_weights"] + ".run.json").read_text())
+    assert seg_record["options"]["arch"] != eval_record["options"]["arch"]
+    assert seg_record["options"]["seed"] != eval_record["options"]["seed"]
+
+
+@requires_hed_weights
+def test_the_table_is_the_mean_and_spread_of_the_last_step(quick_run: tuple[Path, dict, str]) -> None:
+    _, results, _ = quick_run
+    last = QUICK.eval_steps[-1]
+    for line in results["table"]:
+        cell = [r for r in results["rows"] if r["model"] == line["model"] and r["mode"] == line["mode"]
+                and r["step"] == last]
+        assert line["seeds"] == len(QUICK.seeds) == len(cell)
+        values = [r["mae"] for r in cell]
+        mean = sum(values) / len(values)
+        spread = math.sqrt(sum((v - mean) ** 2 for v in values) / (len(values) - 1))
+        assert line["mae"] == pytest.approx([mean, spread])
+
+
+@requires_hed_weights
+def test_plots_are_written_per_metric(quick_run: tuple[Path, dict, str]) -> None:
+    out, _, _ = quick_run
+    for metric in METRICS:
+        with Image.open(out / "plots" / f"{metric}.png") as image:
+            assert image.format == "PNG" and image.width > 300
+
+
+@requires_hed_weights
+def test_a_second_run_continues_instead_of_training_again(quick_run: tuple[Path, dict, str]) -> None:
+    out, results, _ = quick_run
+    checkpoint = out / "runs" / "cyclegan-soft-s0" / "checkpoints" / "latest.pt"
+    before = checkpoint.stat().st_mtime_ns
+    result = CliRunner().invoke(main, ["experiment", "seg-effect", str(out), "--quick", "--device", "cpu", "--quiet"])
+    assert result.exit_code == 0, result.output
+    assert checkpoint.stat().st_mtime_ns == before
+    assert json.loads((out / "results.json").read_text())["rows"] == results["rows"]
+
+
+def test_spread_of_one_seed_is_zero_and_of_none_is_nothing() -> None:
+    assert mean_and_spread([2.0]) == (2.0, 0.0)
+    assert mean_and_spread([None, None]) is None
+    assert mean_and_spread([1.0, 3.0]) == (2.0, pytest.approx(math.sqrt(2)))
+
+
+def test_unknown_modes_are_refused_before_any_work(tmp_path: Path) -> None:
+    result = CliRunner().invoke(main, ["experiment", "seg-effect", str(tmp_path / "x"), "--quick", "--modes", "sharp"])
+    assert result.exit_code == 2 and "--modes" in result.output and not (tmp_path / "x").exists()
