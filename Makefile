@@ -36,7 +36,7 @@ TORCHRUN ?= $(VENV)/bin/torchrun
 NEED_INSTALL ?= $(STAMP)
 
 .DEFAULT_GOAL := help
-.PHONY: help install test demo bench clean reproduce table weights-check FORCE
+.PHONY: help install test demo bench clean reproduce table weights-check evidence FORCE
 
 help: ## List the targets and the variables a user may change
 	@echo "Targets:"
@@ -60,6 +60,15 @@ test: install ## Run the test suite (offline, CPU)
 
 demo: install ## Run the chain on shipped sample photos (offline, CPU, minutes)
 	$(PY) -m advseg_cli.demo $(OUT)
+
+EVIDENCE_OUT ?= evidence-out#  advseg experiment seg-effect's output folder (make evidence)
+EVIDENCE_PRESET ?= default#    quick | default (about an hour on a 2-core CPU) | gpu
+EVIDENCE_ARGS ?=#              extra options of `advseg experiment seg-effect` (e.g. --threads 1, --models pix2pix)
+
+evidence: install ## Measure what the AdvSegLoss does in the shapes world; table and plots into docs/evidence/
+	$(VENV)/bin/advseg experiment seg-effect $(EVIDENCE_OUT) --preset $(EVIDENCE_PRESET) --device $(DEVICE) $(EVIDENCE_ARGS)
+	mkdir -p docs/evidence
+	cp $(EVIDENCE_OUT)/table.md $(EVIDENCE_OUT)/results.json $(EVIDENCE_OUT)/plots/*.png docs/evidence/
 
 bench: install ## Run the benchmarks in bench/ and print their tables (see docs/benchmarks.md)
 	$(PY) bench/bench_edges.py

@@ -1,8 +1,14 @@
-"""``make demo``: the whole chain, offline, on a CPU, in minutes, on photos that scikit-image ships.
+"""``make demo``: the whole chain, offline, on a CPU, in minutes, on photos that scikit-image ships,
+and the adversarial segmentation loss itself in the shapes world.
 
-photos -> edges (real HED weights) -> segcache (real Seg weights, when present) -> a short CycleGAN
-training (+ AdvSegLoss when the segmentation weights are there; the baseline otherwise) -> colorize ->
-FID (real Inception weights, when present) -> ``index.html`` showing every stage side by side.
+Part 1, scikit-image photos: edges (real HED weights) -> segcache (real Seg weights, when present) -> a
+short CycleGAN training (+ AdvSegLoss when the segmentation weights are there; the baseline otherwise)
+-> colorize -> FID (real Inception weights, when present).
+
+Part 2, the shapes world (advseg_cli.datasets.shapes), where a real Seg exists offline because the
+project trains it (kept in ``$ADVSEG_HOME`` and reused): prepare (render -> seg -> edges -> segcache)
+-> Pix2Pix baseline and Pix2Pix ``--advseg both`` -> colorize the held-out test sketches -> Seg's map
+of each colorized image. ``index.html`` shows both parts side by side.
 
 Real weights only: where segmentation or Inception weights cannot be had offline, the demo says in one
 line what is missing and how to get it, and runs the rest of the chain. It never substitutes random
@@ -122,7 +128,86 @@ def _cell(path: Path, root: Path, caption: str) -> str:
     return f'<td><img src="{rel}" alt="{html.escape(caption)}"><br>{html.escape(caption)}</td>'
 
 
-def write_index(out: Path, notes: list[StageNote], run_dir: Path, fid: float | None) -> Path:
+# ------------------------------------------------------------------------------ part 2: the shapes world
+WORLD_TRAIN, WORLD_TEST, WORLD_STEPS = 60, 8, 400  # small: HED on 68 photos and two short trainings
+
+
+def run_world(out: Path, steps: int = WORLD_STEPS) -> tuple[list[StageNote], list[str]]:
+    """The chain in the shapes world with its trained Seg: notes, and the names of the runs made."""
+    from advseg_cli.colorize import ColorizeConfig, colorize_folder
+    from advseg_cli.datasets.prepare import PrepareConfig, prepare_dataset
+    from advseg_cli.datasets.shapes import WorldConfig
+    from advseg_cli.edges import EdgesConfig
+    from advseg_cli.segcache import SegcacheConfig
+    from advseg_cli.training.loop import TrainConfig, Trainer
+
+    world = out / "world" / "shapes"
+    _say(f"world 1/4 prepare: render {WORLD_TRAIN}+{WORLD_TEST} photos with ground truth, train (or reuse) its Seg, "
+         "HED sketches, Seg's label maps")
+    prepare_dataset("shapes", out / "world", PrepareConfig(
+        world=WorldConfig(seed=0, train=WORLD_TRAIN, test=WORLD_TEST, size=128), quiet=True,
+        edges=EdgesConfig(size=0, pad=32, device="cpu", workers=0, quiet=True),
+        segcache=SegcacheConfig(backend="shapes", square=72, device="cpu", quiet=True)))
+    notes = [StageNote("world: prepare", "ran", f"{WORLD_TRAIN} training + {WORLD_TEST} test photos with exact "
+                       "ground truth, HED sketches, label maps by the trained shapes Seg")]
+    runs = []
+    for advseg in ("none", "both"):
+        name = f"pix2pix-{advseg}"
+        _say(f"world {2 if advseg == 'none' else 3}/4 train: Pix2Pix " + ("baseline" if advseg == "none" else
+             "+ AdvSegLoss (both, soft)") + f", {steps} steps at 64 px")
+        config = TrainConfig(name=name, sketches=world / "trainA", photos=world / "trainB", runs_dir=out / "world-runs",
+                             model="pix2pix", model_options={"ngf": 16, "ndf": 16, "advseg": advseg},
+                             segcache=world / "segmaps.h5" if advseg != "none" else None, load_size=72, crop_size=64,
+                             epochs=steps, epochs_decay=0, max_steps=steps, workers=0, log_every=20,
+                             sample_every=steps, save_every=steps, quiet=False, device="cpu",
+                             resume=(out / "world-runs" / name / "checkpoints" / "latest.pt").exists())
+        trainer = Trainer(config)
+        if trainer.position.step < steps:
+            trainer.run()
+        colorize_folder(out / "world-runs" / name, world / "testA", out / "world-colorized" / name,
+                        ColorizeConfig(device="cpu", quiet=True))
+        runs.append(name)
+    _say("world 4/4 maps: the trained Seg's label map of every colorized test image")
+    _world_maps(out, runs)
+    notes.append(StageNote("world: train + colorize", "ran", f"Pix2Pix baseline and Pix2Pix + AdvSegLoss (both), "
+                           f"{steps} steps each at 64 px, ngf 16; {WORLD_TEST} held-out test sketches colorized"))
+    return notes, runs
+
+
+def _world_maps(out: Path, runs: list[str]) -> None:
+    """PNG previews of the shapes Seg's map of each colorized image (what its discriminators judge)."""
+    import torch
+
+    from advseg_cli.images import list_images, read_rgb
+    from advseg_cli.segmentation import build_segmenter
+    from advseg_cli.segmentation.base import uint8_to_model_range
+    from advseg_cli.segmentation.maps import colorize
+
+    seg = build_segmenter("shapes", None, torch.device("cpu"))
+    for name in runs:
+        folder = out / "world-colorized" / name
+        target = out / "world-maps" / name
+        target.mkdir(parents=True, exist_ok=True)
+        for relative in list_images(folder):
+            labels = seg.hard_labels(uint8_to_model_range(read_rgb(folder / relative).copy()))[0].numpy()
+            Image.fromarray(colorize(labels)).save(target / relative.with_suffix(".png").name)
+
+
+def _world_rows(out: Path, runs: list[str]) -> str:
+    world = out / "world" / "shapes"
+    rows = []
+    for photo in sorted((world / "testB").glob("*.png")):
+        cells = [_cell(photo, out, "photo"), _cell(world / "testA" / photo.name, out, "HED sketch"),
+                 _cell(world / "truth" / "previews" / "testB" / photo.name, out, "ground truth map")]
+        for name, caption in zip(runs, ("baseline", "AdvSegLoss (both)")):
+            cells.append(_cell(out / "world-colorized" / name / photo.name, out, f"{caption} colorized"))
+            cells.append(_cell(out / "world-maps" / name / photo.name, out, f"Seg's map of the {caption}"))
+        rows.append("<tr>" + "".join(cells) + "</tr>")
+    return "".join(rows)
+
+
+def write_index(out: Path, notes: list[StageNote], run_dir: Path, fid: float | None,
+                world_runs: list[str] | None = None) -> Path:
     """One page: each photo beside its sketch, its label map and its colorization; then the notes."""
     rows = []
     for name in DEMO_PHOTOS:
@@ -137,6 +222,12 @@ def write_index(out: Path, notes: list[StageNote], run_dir: Path, fid: float | N
                           f"<figcaption>{html.escape(p.stem)}</figcaption></figure>" for p in samples[-2:])
     notes_html = "".join(f"<li><b>{html.escape(n.stage)}</b> ({html.escape(n.status)}): {html.escape(n.detail)}</li>"
                          for n in notes)
+    world_html = "" if not world_runs else f"""<h2>The adversarial segmentation loss in the shapes world</h2>
+<p>Held-out test sketches of the shapes world (things are told apart by shape, stuff by texture; colours are
+class-specific), colorized by a Pix2Pix baseline and by Pix2Pix + AdvSegLoss (both discriminators, soft maps), each
+followed by the trained shapes Seg's map of the colorized image; compare them with the ground truth map.
+Trained for minutes on a CPU: a demonstration, not a measurement (that is <code>make evidence</code>).</p>
+<table>{_world_rows(out, world_runs)}</table>"""
     page = f"""<!doctype html><html><head><meta charset="utf-8"><title>advseg demo</title>
 <style>body{{font-family:sans-serif;margin:2em}} img{{width:160px;image-rendering:pixelated;border:1px solid #ccc}}
 img.grid{{width:auto;height:160px}} td{{text-align:center;padding:4px;font-size:13px}} .missing{{color:#a00}}
@@ -147,6 +238,7 @@ not an evaluation. FID: {"%.2f" % fid if fid is not None else "not computed (see
 <ul>{notes_html}</ul>
 <table>{''.join(rows)}</table>
 <h2>Training samples (sketch | generated | photo)</h2>{sample_html}
+{world_html}
 </body></html>"""
     index = out / "index.html"
     index.write_text(page, encoding="utf-8")
@@ -188,16 +280,20 @@ def run_demo(out: Path, steps: int = 200) -> dict[str, object]:
     notes.append(fid_note)
     if fid is None:
         _say(f"fid skipped — {fid_note.detail}")
-    index = write_index(out, notes, run_dir, fid)
+    _say("the shapes world: the AdvSegLoss with a real, trained Seg")
+    world_notes, world_runs = run_world(out)
+    notes.extend(world_notes)
+    index = write_index(out, notes, run_dir, fid, world_runs)
     summary = {"seconds": round(time.perf_counter() - started, 1), "fid": fid,
                "stages": [dataclasses.asdict(n) for n in notes],
                "outputs": {"sketches": str(data / "trainA"), "segmaps": str(data / "segmaps.h5"),
                            "run": str(run_dir), "samples": str(run_dir / "samples"),
-                           "colorized": str(out / "colorized"), "scores": str(out / "demo-summary.json"),
+                           "colorized": str(out / "colorized"), "world": str(out / "world" / "shapes"),
+                           "world colorized": str(out / "world-colorized"), "scores": str(out / "demo-summary.json"),
                            "index": str(index)}}
     (out / "demo-summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     for key, value in summary["outputs"].items():
-        _say(f"{key:>10}: {value}" + ("" if Path(value).exists() else "  (not made: see the notes above)"))
+        _say(f"{key:>15}: {value}" + ("" if Path(value).exists() else "  (not made: see the notes above)"))
     _say(f"done in {summary['seconds']} s; open {index}")
     return summary
 

@@ -26,16 +26,23 @@ def _names(text: str | None) -> tuple[str, ...] | None:
 @click.option("--modes", metavar="LIST", help="Comma-separated subset of none, compat, soft, straight  [default: all].")
 @click.option("--seeds", metavar="LIST", help="Comma-separated seeds  [default: the preset's, 0,1,2].")
 @click.option("--device", default="cpu", help="auto, cpu, cuda or cuda:N.")
+@click.option("--threads", type=click.IntRange(min=0), default=0, show_default="0: torch's default",
+              help="CPU threads of torch (1 is often fastest for these small networks on a busy machine; "
+                   "two processes with --models/--seeds subsets and 1 thread each share a 2-core CPU well).")
 @click.option("--quiet", is_flag=True, help="No progress lines.")
 def seg_effect(out: Path, preset: str, quick: bool, models: str | None, modes: str | None, seeds: str | None,
-               device: str, quiet: bool) -> None:
+               device: str, threads: int, quiet: bool) -> None:
     """What the adversarial segmentation loss does, in the shapes world: CycleGAN and Pix2Pix with
     --advseg none / both x --seg-grad compat, soft, straight, over seeds; scored on held-out sketches by an
     independently trained evaluation segmenter (mIoU), per-pixel error and a Fréchet distance. Re-running
     continues where it stopped."""
+    import torch
+
     from advseg_cli.errors import AdvsegError
     from advseg_cli.experiments.seg_effect import run_seg_effect
 
+    if threads:
+        torch.set_num_threads(threads)
     try:
         seed_list = tuple(int(s) for s in _names(seeds) or ()) or None
     except ValueError:

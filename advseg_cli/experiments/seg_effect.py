@@ -88,9 +88,9 @@ PRESETS: dict[str, Preset] = {
                     models=("cyclegan", "pix2pix"), modes=tuple(MODES), seeds=(0, 1), steps=4, evaluations=2,
                     load_size=64, crop_size=64, ngf=4, ndf=4, edges_pad=16, own_seg=True),
     # The default: within 90 minutes on a 2-core CPU (docs/evidence.md has the measured time).
-    "default": Preset("default", world_train=400, world_test=100, world_size=128, seg_photos=800, seg_epochs=8, seg_batch=16,
-                      models=("cyclegan", "pix2pix"), modes=tuple(MODES), seeds=(0, 1, 2), steps=800,
-                      evaluations=4, load_size=72, crop_size=64, ngf=16, ndf=16),
+    "default": Preset("default", world_train=300, world_test=100, world_size=128, seg_photos=800, seg_epochs=8, seg_batch=16,
+                      models=("cyclegan", "pix2pix"), modes=tuple(MODES), seeds=(0, 1, 2), steps=600,
+                      evaluations=3, load_size=72, crop_size=64, ngf=16, ndf=16),
     # A GPU machine: larger photos, wider networks, more steps.
     "gpu": Preset("gpu", world_train=1000, world_test=200, world_size=128, seg_photos=800, seg_epochs=8, seg_batch=16,
                   models=("cyclegan", "pix2pix"), modes=tuple(MODES), seeds=(0, 1, 2), steps=20000,
