@@ -86,7 +86,7 @@ PRESETS: dict[str, Preset] = {
     # The test suite's: every code path, minutes on 2 cores; its numbers mean nothing.
     "quick": Preset("quick", world_train=12, world_test=6, world_size=64, seg_photos=160, seg_epochs=6, seg_batch=8,
                     models=("cyclegan", "pix2pix"), modes=tuple(MODES), seeds=(0, 1), steps=4, evaluations=2,
-                    load_size=64, crop_size=64, ngf=4, ndf=4, edges_pad=16, own_seg=True),
+                    load_size=56, crop_size=48, ngf=4, ndf=4, edges_pad=16, own_seg=True),
     # The default: within 90 minutes on a 2-core CPU (docs/evidence.md has the measured time).
     "default": Preset("default", world_train=300, world_test=100, world_size=128, seg_photos=800, seg_epochs=8, seg_batch=16,
                       models=("cyclegan", "pix2pix"), modes=tuple(MODES), seeds=(0, 1, 2), steps=600,
@@ -125,15 +125,31 @@ def prepare_world(out: Path, preset: Preset, device: str, quiet: bool) -> tuple[
 
 
 # ------------------------------------------------------------------------------------ scoring
+def resized_truth(photos: np.ndarray, labels: np.ndarray, side: int) -> tuple[np.ndarray, np.ndarray]:
+    """The test photos (bicubic, as the training loader resizes) and labels (nearest) at ``side``."""
+    from PIL import Image
+
+    if photos.shape[1] == side:
+        return photos, labels
+    resized = np.stack([np.asarray(Image.fromarray(p).resize((side, side), Image.BICUBIC)) for p in photos])
+    nearest = np.stack([np.asarray(Image.fromarray(l).resize((side, side), Image.NEAREST)) for l in labels])
+    return resized, nearest
+
+
 @dataclasses.dataclass
 class Scorer:
-    """The evaluation segmenter and the test split's truth, loaded once."""
+    """The evaluation segmenter and the test split's truth, loaded once.
+
+    Colorized images are scored at the size the colorizer makes them (the training crop); the test
+    photos and their truth are resized to it, rather than the results enlarged to the photos' size.
+    """
 
     network: torch.nn.Module
-    test_photos: np.ndarray  # [N,H,W,3] uint8
-    test_truth: np.ndarray  # [N,H,W] world class indices
+    photos: np.ndarray  # [N,H,W,3] uint8, the world's test photos
+    truth: np.ndarray  # [N,H,W] world class indices
     names: list[str]
-    real_stats: tuple[np.ndarray, np.ndarray]
+    _at_size: dict[int, tuple[np.ndarray, np.ndarray, tuple[np.ndarray, np.ndarray]]] = dataclasses.field(
+        default_factory=dict)
 
     @classmethod
     def load(cls, world: Path, eval_weights: Path) -> Scorer:
@@ -147,9 +163,14 @@ class Scorer:
         photos = np.stack([read_rgb(world / "testB" / name) for name in names])
         with SegmentationCache(world / "truth" / "testB.h5") as truth:
             labels = np.stack([to_world_index(truth.labels(key_of(name))) for name in names])
-        scorer = cls(network, photos, labels, names, (np.zeros(1), np.zeros(1)))
-        scorer.real_stats = scorer.gaussian(photos)
-        return scorer
+        return cls(network, photos, labels, names)
+
+    def truth_at(self, side: int) -> tuple[np.ndarray, np.ndarray, tuple[np.ndarray, np.ndarray]]:
+        """(photos, labels, feature statistics of the photos) at ``side``, computed once per size."""
+        if side not in self._at_size:
+            photos, labels = resized_truth(self.photos, self.truth, side)
+            self._at_size[side] = (photos, labels, self.gaussian(photos))
+        return self._at_size[side]
 
     def features(self, images: np.ndarray) -> np.ndarray:
         from advseg_cli.segmentation.base import uint8_to_model_range
@@ -169,26 +190,31 @@ class Scorer:
         from advseg_cli.segmentation.shapes_seg import NUM_WORLD_CLASSES
         from advseg_cli.segmentation.shapes_training import predict_world
 
-        return mean_iou(confusion_matrix(predict_world(self.network, images), self.test_truth, NUM_WORLD_CLASSES))
+        _, labels, _ = self.truth_at(images.shape[1])
+        return mean_iou(confusion_matrix(predict_world(self.network, images), labels, NUM_WORLD_CLASSES))
 
     def frechet(self, images: np.ndarray) -> float:
         from advseg_cli.fid import frechet_distance
 
-        return frechet_distance(*self.real_stats, *self.gaussian(images))
+        return frechet_distance(*self.truth_at(images.shape[1])[2], *self.gaussian(images))
 
     def score(self, images: np.ndarray) -> dict[str, float]:
         """The three image metrics of colorized test images (in the order of ``names``)."""
-        mae = float(np.abs(images.astype(np.float64) - self.test_photos.astype(np.float64)).mean())
+        photos, _, _ = self.truth_at(images.shape[1])
+        mae = float(np.abs(images.astype(np.float64) - photos.astype(np.float64)).mean())
         return {"miou": self.miou(images), "mae": mae, "frechet": self.frechet(images)}
 
 
-def reference_scores(scorer: Scorer, world: Path) -> dict[str, float]:
-    """Where the metrics stand for the truth itself, for chance, and for two samples of one world."""
+def reference_scores(scorer: Scorer, world: Path, side: int) -> dict[str, float]:
+    """Where the metrics stand, at the colorizers' output size ``side``: for the test photos themselves,
+    for chance (a constant grey image), and for two samples of one world (train vs test photos)."""
     from advseg_cli.images import list_images, read_rgb
 
-    grey = np.full_like(scorer.test_photos, 128)
+    photos, _, _ = scorer.truth_at(side)
+    grey = np.full_like(photos, 128)
     train = np.stack([read_rgb(world / "trainB" / p) for p in list_images(world / "trainB")])
-    return {"miou_test_photos": scorer.miou(scorer.test_photos), "miou_grey": scorer.miou(grey),
+    train, _ = resized_truth(train, np.zeros(train.shape[:3], dtype=np.uint8), side)
+    return {"size": side, "miou_test_photos": scorer.miou(photos), "miou_grey": scorer.miou(grey),
             "frechet_train_vs_test_photos": scorer.frechet(train), "mae_grey": scorer.score(grey)["mae"]}
 
 
@@ -292,7 +318,8 @@ def markdown_table(table: list[dict[str, Any]], references: dict[str, float], pr
     for line in table:
         lines.append(f"| {line['model']} | {line['mode']} | {_format(line['miou'], 3)} | {_format(line['mae'], 1)} | "
                      f"{_format(line['frechet'], 3)} | {_format(line['seg_grad_norm'], 3)} |")
-    lines += ["", "References: evaluation segmenter on the test photos themselves "
+    lines += ["", f"Scored at the colorizers' output size, {references['size']} px. "
+              "References: evaluation segmenter on the test photos themselves "
               f"{references['miou_test_photos']:.3f} mIoU, on a constant grey image {references['miou_grey']:.3f}; "
               f"MAE of a constant grey image {references['mae_grey']:.1f}; Fréchet distance between the world's "
               f"train and test photos {references['frechet_train_vs_test_photos']:.3f}."]
@@ -360,7 +387,7 @@ def run_seg_effect(out: Path, preset_name: str = "default", device: str = "cpu",
     say(f"preset {preset.name}: world, its Seg, sketches and label maps under {out / 'world'}")
     world, seg_weights, eval_weights = prepare_world(out, preset, device, quiet)
     scorer = Scorer.load(world, eval_weights)
-    references = reference_scores(scorer, world)
+    references = reference_scores(scorer, world, preset.crop_size)
     rows: list[dict[str, Any]] = []
     runs = [(model, mode, seed) for model in preset.models for mode in preset.modes for seed in preset.seeds]
     for number, (model, mode, seed) in enumerate(runs, 1):
