@@ -22,9 +22,11 @@ def _names(text: str | None) -> tuple[str, ...] | None:
               help="quick: minutes, for tests (numbers mean nothing); default: about an hour on a 2-core CPU; "
                    "gpu: larger photos, wider networks, more steps.")
 @click.option("--quick", is_flag=True, help="Same as --preset quick.")
-@click.option("--models", metavar="LIST", help="Comma-separated subset of the preset's models  [default: cyclegan,pix2pix].")
-@click.option("--modes", metavar="LIST", help="Comma-separated subset of none, compat, soft, straight  [default: all].")
-@click.option("--seeds", metavar="LIST", help="Comma-separated seeds  [default: the preset's, 0,1,2].")
+@click.option("--models", metavar="LIST", help="Comma-separated subset of the preset's models.",
+              show_default="cyclegan,pix2pix")
+@click.option("--modes", metavar="LIST", help="Comma-separated subset of none, compat, soft, straight.",
+              show_default="all four")
+@click.option("--seeds", metavar="LIST", help="Comma-separated seeds.", show_default="the preset's: 0,1 quick, 0,1,2 else")
 @click.option("--device", default="cpu", help="auto, cpu, cuda or cuda:N.")
 @click.option("--threads", type=click.IntRange(min=0), default=0, show_default="0: torch's default",
               help="CPU threads of torch (1 is often fastest for these small networks on a busy machine; "
