@@ -18,7 +18,7 @@ def test_unknown_backend_error_lists_the_valid_ones() -> None:
     assert "\n" not in message and "deeplab" in message
     for name in BACKENDS:
         assert name in message
-    assert BACKENDS == ("mask2former", "panoptic-fpn")
+    assert BACKENDS == ("mask2former", "panoptic-fpn", "shapes")
 
 
 class _Linear(Segmenter):
