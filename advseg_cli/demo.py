@@ -65,8 +65,12 @@ def write_demo_photos(folder: Path, short_side: int = 256) -> list[Path]:
     return written
 
 
+_CLOCK_START = time.perf_counter()
+
+
 def _say(message: str) -> None:
-    print(f"demo: {message}", flush=True)
+    """Every line carries the seconds since the demo began, so a user sees where the minutes go."""
+    print(f"demo: [{time.perf_counter() - _CLOCK_START:6.1f} s] {message}", flush=True)
 
 
 def run_edges(photos: Path, sketches: Path) -> StageNote:
@@ -257,8 +261,9 @@ def preview_segmaps(cache: Path, photos: Path, out: Path) -> None:
 
 def run_demo(out: Path, steps: int = 200) -> dict[str, object]:
     """Run every stage that real offline weights allow; returns (and writes) a summary."""
+    global _CLOCK_START
     os.environ.setdefault("ADVSEG_OFFLINE", "1")
-    started = time.perf_counter()
+    started = _CLOCK_START = time.perf_counter()
     data, notes = out / "data", []
     write_demo_photos(data / "trainB")
     _say("1/5 edges: HED sketches of the photos")
