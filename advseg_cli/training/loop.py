@@ -262,8 +262,19 @@ def make_loader(dataset: SketchPhotoDataset, config: TrainConfig, ddp: Distribut
     indices = list(sampler)[skip_batches * config.batch_size:]
     loader = DataLoader(dataset, batch_size=config.batch_size, sampler=indices, num_workers=config.workers,
                         drop_last=True, pin_memory=torch.cuda.is_available() and config.device != "cpu",
-                        persistent_workers=False)
+                        persistent_workers=False, generator=loader_generator(config.seed, epoch, ddp.rank))
     return iter(loader)
+
+
+def loader_generator(seed: int, epoch: int, rank: int) -> torch.Generator:
+    """The DataLoader's own generator, so that starting an epoch's iterator draws nothing from the global one.
+
+    A DataLoader without one takes its base seed from the global torch generator when its iterator is made:
+    at the start of each epoch in an uninterrupted run, but in the middle of one after a resume, which would
+    shift every later dropout mask and pool draw. Our samples take their randomness from their own generators
+    (``data.sample_generator``), so this seed only feeds the workers' unused default seeds.
+    """
+    return torch.Generator().manual_seed((seed * 1_000_003 + epoch) * 101 + rank)
 
 
 def steps_per_epoch(dataset: SketchPhotoDataset, config: TrainConfig, ddp: Distributed) -> int:

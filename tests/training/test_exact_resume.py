@@ -1,0 +1,96 @@
+"""Exact resume for every model: 3 steps + ``--resume`` 3 steps leaves the checkpoint of 6 steps straight.
+
+Every tensor of the two checkpoints is compared (weights, batch-norm statistics, optimizer and scheduler
+states, image pools, the gradient scaler, the RNG states). The runs are set up so that each thing a resume
+can lose matters: dropout is on (a shifted global RNG changes every later mask), the pools hold 2 images
+(full after 2 steps, then every query draws from the RNG), an epoch has 2 steps (both parts cross an epoch
+boundary, so the resumed part continues a schedule that has already stepped) and the learning rate decays
+from epoch 2 on.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+
+from advseg_cli.training.checkpoint import load_checkpoint
+from advseg_cli.training.loop import train
+from tests.helpers import write_vgg16_weights
+from tests.training.test_training import make_dataset, tiny_config
+
+RESUME_SETTINGS = {"max_items": 2, "epochs": 1, "epochs_decay": 3, "save_every": 100}
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return make_dataset(tmp_path_factory.mktemp("resume-data"))
+
+
+@pytest.fixture(scope="module")
+def shapes_segcache(data: Path, shapes_segmenters: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """(Seg weights, segcache of the photos) with the shapes world's trained Seg: a real, small backend."""
+    from advseg_cli.segcache import SegcacheConfig, build_segcache
+
+    weights = shapes_segmenters / "shapes-seg.safetensors"
+    cache = tmp_path_factory.mktemp("resume-seg") / "segmaps.h5"
+    build_segcache(data / "trainB", cache, SegcacheConfig(backend="shapes", weights=weights, square=36,
+                                                           device="cpu", quiet=True))
+    return weights, cache
+
+
+def assert_same_tree(a: Any, b: Any, where: str = "checkpoint") -> None:
+    """Equal structure and bit-equal tensors, everywhere in a checkpoint payload."""
+    if isinstance(a, dict):
+        assert isinstance(b, dict) and a.keys() == b.keys(), f"{where}: keys differ"
+        for key in a:
+            assert_same_tree(a[key], b[key], f"{where}.{key}")
+    elif isinstance(a, (list, tuple)):
+        assert isinstance(b, (list, tuple)) and len(a) == len(b), f"{where}: lengths differ"
+        for index, (x, y) in enumerate(zip(a, b)):
+            assert_same_tree(x, y, f"{where}[{index}]")
+    elif isinstance(a, torch.Tensor):
+        assert isinstance(b, torch.Tensor) and a.dtype == b.dtype and a.shape == b.shape, f"{where}: tensor layout"
+        assert torch.equal(a, b), f"{where}: values differ"
+    else:
+        assert a == b, f"{where}: {a!r} != {b!r}"
+
+
+def straight_and_resumed(config: Any, runs: Path) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The checkpoints after 6 steps straight, and after 3 steps then a resume to 6."""
+    whole = train(dataclasses.replace(config, runs_dir=runs / "straight", max_steps=6))
+    assert whole.steps == 6
+    train(dataclasses.replace(config, runs_dir=runs / "resumed", max_steps=3))
+    resumed = train(dataclasses.replace(config, runs_dir=runs / "resumed", max_steps=6, resume=True))
+    assert resumed.steps == 6 and resumed.epoch == 3  # resumed in epoch 2, ended in epoch 3, both decaying
+    a = load_checkpoint(whole.run_dir / "checkpoints" / "latest.pt")
+    b = load_checkpoint(resumed.run_dir / "checkpoints" / "latest.pt")
+    a.pop("train_config"), b.pop("train_config")  # the resumed run's options say resume=True
+    return a, b
+
+
+@pytest.mark.parametrize(("model", "workers"), [("cyclegan", 0), ("pix2pix", 0), ("autopainter", 0),
+                                                ("pix2pix", 2)])
+def test_resume_leaves_the_checkpoint_of_an_uninterrupted_run(data: Path, tmp_path: Path, model: str,
+                                                             workers: int) -> None:
+    extra = {"perceptual_weights": write_vgg16_weights(tmp_path / "vgg.pth")} if model == "autopainter" else {}
+    config = tiny_config(data, tmp_path, model=model, workers=workers, **RESUME_SETTINGS, **extra,
+                         model_options={"dropout": True, "pool_size": 2})
+    a, b = straight_and_resumed(config, tmp_path)
+    assert a["schedulers"]["G"]["last_epoch"] == 2 and a["pools"]  # decaying, and the pools were used
+    assert_same_tree(a, b)
+
+
+@pytest.mark.parametrize(("model", "advseg"), [("cyclegan", "both"), ("pix2pix", "multi"), ("cyclegan", "binary")])
+def test_resume_is_exact_with_the_segmentation_discriminators(data: Path, shapes_segcache: tuple[Path, Path],
+                                                             tmp_path: Path, model: str, advseg: str) -> None:
+    weights, cache = shapes_segcache
+    config = tiny_config(data, tmp_path, model=model, segcache=cache, seg_weights=weights, **RESUME_SETTINGS,
+                         model_options={"dropout": True, "pool_size": 2, "advseg": advseg})
+    a, b = straight_and_resumed(config, tmp_path)
+    assert any(name.startswith("D_") and name != "D_A" and name != "D_B" for name in
+               {key.split(".")[0] for key in a["model"]})  # the map discriminators are in the comparison
+    assert_same_tree(a, b)
