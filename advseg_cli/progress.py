@@ -12,8 +12,8 @@ T = TypeVar("T")
 
 
 def progress(iterable: Iterable[T] | None = None, *, total: int | None = None, desc: str = "",
-             quiet: bool = False, unit: str = "img") -> tqdm:
+             quiet: bool = False, unit: str = "img", initial: int = 0) -> tqdm:
     """A tqdm bar on stderr, shown only on an interactive terminal and unless ``quiet``."""
     disabled = quiet or not sys.stderr.isatty()
     return tqdm(iterable, total=total, desc=desc, unit=unit, disable=disabled, dynamic_ncols=True,
-                leave=False)
+                leave=False, initial=initial)

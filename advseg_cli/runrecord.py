@@ -61,8 +61,11 @@ class RunRecord:
         self.failures.append({"input": item, "reason": reason})
 
     def finish(self, status: str = "complete") -> None:
+        """End the record; an interrupted per-item stage also says how far it got (what the next run skips)."""
         self.ended = _now()
         self.status = status
+        if status == "interrupted" and "done" in self.counts:
+            self.extra["items_finished_before_the_interrupt"] = self.counts["done"] + self.counts.get("failed", 0)
 
     def to_json(self) -> dict[str, Any]:
         return {

@@ -11,8 +11,10 @@ from pathlib import Path
 
 import click
 
+from advseg_cli.help import FullSummaryGroup
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"], "show_default": True})
+
+@click.group(cls=FullSummaryGroup, context_settings={"help_option_names": ["-h", "--help"], "show_default": True})
 def data() -> None:
     """The paper's datasets and the shapes world: list them, prepare one, freeze its file list."""
 
@@ -42,10 +44,10 @@ def list_datasets() -> None:
 @click.option("--lists", type=click.Path(path_type=Path, file_okay=False),
               help="A folder with NAME.tsv to use instead of the list that ships in data/lists.")
 @click.option("--mirror", envvar="ADVSEG_DATA_MIRROR", metavar="URL",
-              help="scheme://host[:port] that serves the same paths as the datasets' hosts "
-                   "[env ADVSEG_DATA_MIRROR].")
+              show_default="$ADVSEG_DATA_MIRROR, else the datasets' own hosts",
+              help="scheme://host:port that serves the same paths as the datasets' hosts.")
 @click.option("--downloads", type=click.Path(path_type=Path, file_okay=False),
-              help="Where archives are kept (resumable)  [default: ROOT/downloads].")
+              show_default="ROOT/downloads", help="Where archives are kept (resumable).")
 @click.option("--edges-size", default=None, type=click.IntRange(min=0), show_default="256; shapes: 0, the photo's",
               help="Sketch side (advseg edges --size).")
 @click.option("--hed-weights", type=click.Path(path_type=Path), help="advseg edges --weights.")
@@ -66,7 +68,7 @@ def list_datasets() -> None:
 @click.option("--batch-size", default=0, type=click.IntRange(min=0),
               help="Photos per forward pass (0: each stage's default).")
 @click.option("--workers", default=None, type=click.IntRange(min=0),
-              help="DataLoader processes  [default: each stage's own choice].")
+              show_default="each stage's own choice", help="DataLoader processes.")
 @click.option("--quiet", is_flag=True, help="No progress bars.")
 def prepare(name: str, root: Path, steps: str | None, source: Path | None, lists: Path | None,
             mirror: str | None, downloads: Path | None, edges_size: int | None, hed_weights: Path | None,
@@ -107,7 +109,7 @@ def prepare(name: str, root: Path, steps: str | None, source: Path | None, lists
 @click.argument("name")
 @click.argument("root", type=click.Path(path_type=Path, file_okay=False))
 @click.option("--out", type=click.Path(path_type=Path, dir_okay=False),
-              help="Where to write the list  [default: data/lists/NAME.tsv].")
+              show_default="data/lists/NAME.tsv", help="Where to write the list.")
 def freeze(name: str, root: Path, out: Path | None) -> None:
     """Write NAME's list with the size and sha256 of every fetched photo (for shipping in data/lists)."""
     from advseg_cli.datasets.catalog import dataset_spec

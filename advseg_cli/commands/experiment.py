@@ -6,8 +6,10 @@ from pathlib import Path
 
 import click
 
+from advseg_cli.help import FullSummaryGroup
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"], "show_default": True})
+
+@click.group(cls=FullSummaryGroup, context_settings={"help_option_names": ["-h", "--help"], "show_default": True})
 def experiment() -> None:
     """Experiments that run the stages and measure what they do (results.json, table, plots)."""
 

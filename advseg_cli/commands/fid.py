@@ -50,7 +50,7 @@ def _print_provenance(side: Any) -> None:
 @click.option("--workers", type=click.IntRange(min=0), default=_default_workers, show_default="min(4, CPUs)",
               help="DataLoader processes that decode images.")
 @click.option("--weights", type=click.Path(path_type=Path, dir_okay=False),
-              help="pt_inception-2015-12-05-6726825d.pth [default: $ADVSEG_HOME, then torch hub's cache].")
+              show_default="$ADVSEG_HOME, then torch hub's cache", help="pt_inception-2015-12-05-6726825d.pth.")
 @click.option("--decode", type=click.Choice(["pytorch-fid", "advseg"]), default="pytorch-fid",
               help="pytorch-fid: PIL .convert('RGB') exactly as pytorch-fid; advseg: EXIF-upright, "
                    "alpha on white, 16-bit scaled (as the other stages read photos).")

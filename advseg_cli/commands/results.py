@@ -6,8 +6,10 @@ from pathlib import Path
 
 import click
 
+from advseg_cli.help import FullSummaryGroup
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"], "show_default": True})
+
+@click.group(cls=FullSummaryGroup, context_settings={"help_option_names": ["-h", "--help"], "show_default": True})
 def results() -> None:
     """Assemble reproduction results into the paper's FID table."""
 
@@ -17,7 +19,7 @@ def results() -> None:
 @click.option("--results", "results_dir", type=click.Path(path_type=Path, file_okay=False), default=Path("results"),
               help="Holds DATASET/COLUMN/fid.json (and colorized/).")
 @click.option("--runs", "runs_dir", type=click.Path(path_type=Path, file_okay=False),
-              help="Holds the run folders COLUMN/  [default: runs/DATASET].")
+              show_default="runs/DATASET", help="Holds the run folders COLUMN/.")
 def row(dataset: str, results_dir: Path, runs_dir: Path | None) -> None:
     """Write RESULTS/DATASET.md: our FID beside the paper's for every column, with the settings used."""
     from advseg_cli.results import write_row
@@ -26,8 +28,9 @@ def row(dataset: str, results_dir: Path, runs_dir: Path | None) -> None:
 
 
 @results.command("table")
-@click.option("--results", "results_dir", type=click.Path(path_type=Path, file_okay=False), default=Path("results"))
-@click.option("--out", type=click.Path(path_type=Path, dir_okay=False), help="[default: RESULTS/TABLE.md]")
+@click.option("--results", "results_dir", type=click.Path(path_type=Path, file_okay=False), default=Path("results"),
+              help="Holds the rows DATASET.md written by `advseg results row`.")
+@click.option("--out", type=click.Path(path_type=Path, dir_okay=False), show_default="RESULTS/TABLE.md", help="Where to write the table.")
 def table(results_dir: Path, out: Path | None) -> None:
     """Write the finished rows as one table laid out like the paper's (ours, paper's in brackets)."""
     from advseg_cli.results import write_table
@@ -40,7 +43,7 @@ def table(results_dir: Path, out: Path | None) -> None:
 @results.command("compare")
 @click.argument("first", type=click.Path(path_type=Path, file_okay=False, exists=True))
 @click.argument("second", type=click.Path(path_type=Path, file_okay=False, exists=True))
-@click.option("--labels", default=None, help="Two names for the columns, comma-separated [default: the folder names].")
+@click.option("--labels", default=None, show_default="the folder names", help="Two names for the columns, comma-separated.")
 @click.option("--out", type=click.Path(path_type=Path, dir_okay=False), help="Also write the table to this file.")
 def compare(first: Path, second: Path, labels: str | None, out: Path | None) -> None:
     """Two reproductions side by side (e.g. SEG_GRAD=soft vs compat): both FIDs, the difference, and

@@ -17,8 +17,9 @@ from typing import Any
 import click
 
 from advseg_cli.errors import AdvsegError
+from advseg_cli.help import FullSummaryGroup
 
-class _BuildByDefault(click.Group):
+class _BuildByDefault(FullSummaryGroup):
     """A group whose first argument, when it is no subcommand name, belongs to ``build``."""
 
     default_command = "build"
@@ -58,7 +59,7 @@ def segcache() -> None:
                    "needs detectron2) or mask2former (Hugging Face transformers).")
 @click.option("--weights", type=click.Path(path_type=Path),
               help="The backend's weights: a file (panoptic-fpn .pkl/.pth) or a local model directory "
-                   "(mask2former) [default: the backend's official weights].")
+                   "(mask2former).", show_default="the backend's official weights")
 @click.option("--size", type=click.IntRange(min=0), default=0,
               help="Segment each photo resized so its SHORT side is SIZE (aspect kept); 0 = its own size.")
 @click.option("--square", type=click.IntRange(min=0), default=0,

@@ -28,63 +28,89 @@ def _default_workers() -> int:
 @click.command()
 @click.argument("data", type=click.Path(path_type=Path, file_okay=False), required=False)
 @click.option("--name", required=True, help="Run name: the run folder is RUNS_DIR/NAME.")
-@click.option("--runs-dir", type=click.Path(path_type=Path, file_okay=False), default=Path("runs"), show_default=True)
+@click.option("--runs-dir", type=click.Path(path_type=Path, file_okay=False), default=Path("runs"), show_default=True,
+              help="Folder that holds the run folders.")
 @click.option("--model", type=click.Choice(list(MODELS)), default="cyclegan", show_default=True,
               help="cyclegan: unpaired trainA/trainB; pix2pix, autopainter: pairs with the same relative path.")
-@click.option("--sketches", type=click.Path(path_type=Path, file_okay=False), help="Sketch folder [default: DATA/trainA].")
-@click.option("--photos", type=click.Path(path_type=Path, file_okay=False), help="Photo folder [default: DATA/trainB].")
-@click.option("--advseg", type=click.Choice(ADVSEG_MODES), help="Segmentation discriminators: none, multi (D_M), binary, both [none].")
-@click.option("--lambda-seg", type=click.FloatRange(min=0), help="Weight of the segmentation GAN terms [10 CycleGAN, 100 Pix2Pix / AutoPainter].")
+@click.option("--sketches", type=click.Path(path_type=Path, file_okay=False), show_default="DATA/trainA",
+              help="Sketch folder.")
+@click.option("--photos", type=click.Path(path_type=Path, file_okay=False), show_default="DATA/trainB",
+              help="Photo folder.")
+@click.option("--advseg", type=click.Choice(ADVSEG_MODES), show_default="none",
+              help="Segmentation discriminators: none, multi (D_M), binary, both.")
+@click.option("--lambda-seg", type=click.FloatRange(min=0), show_default="10 CycleGAN, 100 Pix2Pix / AutoPainter",
+              help="Weight of the segmentation GAN terms.")
 @click.option("--seg-grad", type=click.Choice(SEG_GRAD_MODES),
-              help="soft: differentiable maps of generated photos (the paper's loss) [default]; compat: the public code's hard maps, no gradient; straight: hard maps forward, soft gradient backward.")
+              show_default="soft", help="soft: differentiable maps of generated photos (the paper's loss); compat: the public code's hard maps, no gradient; straight: hard maps forward, soft gradient backward.")
 @click.option("--segcache", type=click.Path(path_type=Path, dir_okay=False),
-              help="Label maps of the photos (advseg segcache) [default: DATA/segmaps.h5 when it exists].")
+              show_default="DATA/segmaps.h5 when it exists", help="Label maps of the photos (advseg segcache).")
 @click.option("--segcache-missing", type=click.Choice(["error", "skip"]), default="error", show_default=True,
               help="What to do with photos that have no fresh map.")
-@click.option("--seg-backend", help="Segmentation backend for generated photos [default: the segcache's].")
+@click.option("--seg-backend", show_default="the segcache's", help="Segmentation backend for generated photos.")
 @click.option("--seg-weights", type=click.Path(path_type=Path),
-              help="Weights of that backend (file or folder) [default: those the segcache was made with, if still there].")
-@click.option("--arch", type=click.Choice(GENERATOR_ARCHS), help="Generator [resnet_9blocks; unet_256 AutoPainter].")
-@click.option("--ngf", type=click.IntRange(min=1), help="Generator width [64; 48 AutoPainter].")
-@click.option("--ndf", type=click.IntRange(min=1), help="Discriminator width [64; 48 AutoPainter].")
-@click.option("--n-layers-d", type=click.IntRange(min=1), help="PatchGAN layers [3: 70x70 patches].")
-@click.option("--norm", type=click.Choice(NORMS), help="Normalisation [instance CycleGAN, batch Pix2Pix / AutoPainter].")
-@click.option("--dropout/--no-dropout", default=None, help="Dropout in the generator [off CycleGAN, on Pix2Pix].")
-@click.option("--gan-mode", type=click.Choice(["lsgan", "vanilla"]), help="GAN loss [lsgan CycleGAN, vanilla Pix2Pix].")
-@click.option("--pool-size", type=click.IntRange(min=0), help="Image pool size [50 CycleGAN, 0 Pix2Pix].")
-@click.option("--lambda-a", type=click.FloatRange(min=0), help="CycleGAN cycle loss A [10].")
-@click.option("--lambda-b", type=click.FloatRange(min=0), help="CycleGAN cycle loss B [10].")
-@click.option("--lambda-identity", type=click.FloatRange(min=0), help="CycleGAN identity loss [0.5].")
-@click.option("--lambda-l1", type=click.FloatRange(min=0), help="Pix2Pix / AutoPainter L1 loss [100 / 50].")
-@click.option("--lambda-tv", type=click.FloatRange(min=0), help="AutoPainter total variation loss [1e-3].")
-@click.option("--lambda-feat", type=click.FloatRange(min=0), help="AutoPainter VGG feature loss [5.8e-3; 0: off].")
+              show_default="those the segcache was made with, if still there", help="Weights of that backend (file or folder).")
+@click.option("--arch", type=click.Choice(GENERATOR_ARCHS), show_default="resnet_9blocks; unet_256 AutoPainter",
+              help="Generator.")
+@click.option("--ngf", type=click.IntRange(min=1), show_default="64; 48 AutoPainter", help="Generator width.")
+@click.option("--ndf", type=click.IntRange(min=1), show_default="64; 48 AutoPainter", help="Discriminator width.")
+@click.option("--n-layers-d", type=click.IntRange(min=1), show_default="3: 70x70 patches", help="PatchGAN layers.")
+@click.option("--norm", type=click.Choice(NORMS), show_default="instance CycleGAN, batch Pix2Pix / AutoPainter",
+              help="Normalisation.")
+@click.option("--dropout/--no-dropout", default=None, show_default="off CycleGAN, on Pix2Pix",
+              help="Dropout in the generator.")
+@click.option("--gan-mode", type=click.Choice(["lsgan", "vanilla"]), show_default="lsgan CycleGAN, vanilla Pix2Pix",
+              help="GAN loss.")
+@click.option("--pool-size", type=click.IntRange(min=0), show_default="50 CycleGAN, 0 Pix2Pix", help="Image pool size.")
+@click.option("--lambda-a", type=click.FloatRange(min=0), show_default="10", help="CycleGAN cycle loss A.")
+@click.option("--lambda-b", type=click.FloatRange(min=0), show_default="10", help="CycleGAN cycle loss B.")
+@click.option("--lambda-identity", type=click.FloatRange(min=0), show_default="0.5", help="CycleGAN identity loss.")
+@click.option("--lambda-l1", type=click.FloatRange(min=0), show_default="100 / 50",
+              help="Pix2Pix / AutoPainter L1 loss.")
+@click.option("--lambda-tv", type=click.FloatRange(min=0), show_default="1e-3",
+              help="AutoPainter total variation loss.")
+@click.option("--lambda-feat", type=click.FloatRange(min=0), show_default="5.8e-3; 0: off",
+              help="AutoPainter VGG feature loss.")
 @click.option("--perceptual-layer", type=click.Choice(list(PERCEPTUAL_LAYERS)),
-              help="AutoPainter: the VGG16 activations the feature loss compares [relu3_2].")
+              show_default="relu3_2", help="AutoPainter: the VGG16 activations the feature loss compares.")
 @click.option("--perceptual-weights", type=click.Path(path_type=Path, dir_okay=False),
-              help="AutoPainter: torchvision's vgg16-397923af.pth [default: ADVSEG_HOME or torch hub's cache].")
-@click.option("--load-size", type=click.IntRange(min=1), default=286, show_default=True)
-@click.option("--crop-size", type=click.IntRange(min=1), default=256, show_default=True)
+              show_default="ADVSEG_HOME or torch hub's cache", help="AutoPainter: torchvision's vgg16-397923af.pth.")
+@click.option("--load-size", type=click.IntRange(min=1), default=286, show_default=True,
+              help="Photos and sketches are resized to this square first (bicubic).")
+@click.option("--crop-size", type=click.IntRange(min=1), default=256, show_default=True,
+              help="Then randomly cropped to this square: the size the networks train at.")
 @click.option("--no-flip", is_flag=True, help="No random horizontal flips.")
-@click.option("--batch-size", type=click.IntRange(min=1), default=1, show_default=True)
-@click.option("--epochs", type=click.IntRange(min=0), default=100, show_default=True, help="Epochs at the initial rate.")
-@click.option("--epochs-decay", type=click.IntRange(min=0), default=100, show_default=True, help="Epochs of linear decay.")
-@click.option("--lr", type=click.FloatRange(min=0, min_open=True), default=2e-4, show_default=True)
-@click.option("--beta1", type=click.FloatRange(0, 1), default=0.5, show_default=True)
-@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--batch-size", type=click.IntRange(min=1), default=1, show_default=True,
+              help="Images per step (per process under torchrun).")
+@click.option("--epochs", type=click.IntRange(min=0), default=100, show_default=True,
+              help="Epochs at the initial rate.")
+@click.option("--epochs-decay", type=click.IntRange(min=0), default=100, show_default=True,
+              help="Epochs of linear decay.")
+@click.option("--lr", type=click.FloatRange(min=0, min_open=True), default=2e-4, show_default=True,
+              help="Adam learning rate of generators and discriminators.")
+@click.option("--beta1", type=click.FloatRange(0, 1), default=0.5, show_default=True,
+              help="Adam beta1 (beta2 is 0.999).")
+@click.option("--seed", type=int, default=0, show_default=True,
+              help="Seed of initialisation, crops, flips, pools and dropout (same seed, same run).")
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
-@click.option("--precision", type=click.Choice(["fp32", "bf16", "fp16"]), default="fp32", show_default=True)
+@click.option("--precision", type=click.Choice(["fp32", "bf16", "fp16"]), default="fp32", show_default=True,
+              help="fp32, or bf16 / fp16 autocast (fp16 with a gradient scaler; CUDA).")
 @click.option("--channels-last", is_flag=True, help="channels-last memory format (faster convolutions on GPUs).")
 @click.option("--compile", "compile_", is_flag=True, help="torch.compile the networks.")
-@click.option("--workers", type=click.IntRange(min=0), default=_default_workers, show_default="min(4, CPUs)")
+@click.option("--workers", type=click.IntRange(min=0), default=_default_workers, show_default="min(4, CPUs)",
+              help="DataLoader processes that decode and augment images.")
 @click.option("--max-steps", type=click.IntRange(min=0), default=0, help="Stop after this many steps (0: all epochs).")
 @click.option("--max-items", type=click.IntRange(min=0), default=0, help="Use at most this many samples per epoch.")
-@click.option("--log-every", type=click.IntRange(min=1), default=10, show_default=True)
+@click.option("--log-every", type=click.IntRange(min=1), default=10, show_default=True,
+              help="Steps between rows of metrics.csv (and NaN checks).")
 @click.option("--log-seg-grad-norm", is_flag=True,
               help="Log the norm of the segmentation terms' gradient on the generator (grad/G_seg_norm) at each "
                    "metric row; one extra backward then (0 exactly with --seg-grad compat).")
-@click.option("--sample-every", type=click.IntRange(min=1), default=500, show_default=True)
-@click.option("--save-every", type=click.IntRange(min=1), default=1000, show_default=True)
-@click.option("--save-epoch-every", type=click.IntRange(min=1), default=5, show_default=True)
+@click.option("--sample-every", type=click.IntRange(min=1), default=500, show_default=True,
+              help="Steps between sample grids in samples/.")
+@click.option("--save-every", type=click.IntRange(min=1), default=1000, show_default=True,
+              help="Steps between saves of checkpoints/latest.pt.")
+@click.option("--save-epoch-every", type=click.IntRange(min=1), default=5, show_default=True,
+              help="Epochs between checkpoints/epoch_NNN.pt snapshots.")
 @click.option("--resume", is_flag=True, help="Continue RUNS_DIR/NAME from its latest checkpoint (bit-exact).")
 @click.option("--auto-resume", is_flag=True,
               help="Resume when RUNS_DIR/NAME already has a checkpoint, else start it (for scripts and make).")
@@ -119,12 +145,20 @@ def train(data: Path | None, **options: Any) -> None:
     else:
         config = _new_config(data, options)
     if dry_run:
-        click.echo(json.dumps(config.to_json(), indent=2))
+        click.echo(json.dumps(_resolved_configuration(config), indent=2))
         return
     summary = run_training(config)
     losses = ", ".join(f"{k.split('/')[-1]} {v:.3f}" for k, v in summary.last_losses.items()
                        if k.startswith("loss/") and k.endswith("total"))
     click.echo(f"train: {summary.steps} steps, epoch {summary.epoch} ({losses}) -> {summary.run_dir}")
+
+
+def _resolved_configuration(config: Any) -> dict[str, Any]:
+    """Every option of the run, and every field of its model with the model's own defaults filled in."""
+    from advseg_cli.models.advseg import model_config
+
+    resolved = dataclasses.asdict(model_config(config.model, **config.model_options))
+    return {**config.to_json(), "model_config": resolved}
 
 
 def _options_given_on_command_line(ctx: click.Context) -> set[str]:

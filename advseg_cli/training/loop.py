@@ -14,11 +14,13 @@ import dataclasses
 import json
 import math
 import os
+import shlex
 import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import click
 import numpy as np
 import torch
 import torch.distributed as dist
@@ -31,12 +33,14 @@ from advseg_cli.errors import (AdvsegError, IncompatibleInputError, TrainingDive
                                WeightsNotFoundError)
 from advseg_cli.files import sha256_file, write_bytes_atomic
 from advseg_cli.images import write_png
+from advseg_cli.interrupts import StageInterrupted, StopAtStepBoundary, same_command
 from advseg_cli.models.advseg import MODELS, AdvSegModel, build_model, model_config
 from advseg_cli.progress import progress
 from advseg_cli.runrecord import FOLDER_RECORD_NAME, RunRecord, read_record, record_path_for
 from advseg_cli.training.checkpoint import (
     Position, load_checkpoint, restore_rng_states, rng_states, save_checkpoint)
 from advseg_cli.training.data import SEGCACHE_MISSING, Augmentation, SketchPhotoDataset
+from advseg_cli.training.geometry import crop_size_refusal
 
 
 @dataclasses.dataclass(frozen=True)
@@ -99,7 +103,10 @@ class TrainConfig:
         if advseg != "none" and self.segcache is None:
             raise AdvsegError(f"--advseg {advseg} needs the photos' label maps: pass --segcache "
                               "(made with `advseg segcache PHOTOS OUT.h5`)")
-        model_config(self.model, **self.model_options)  # validates the model options
+        resolved = model_config(self.model, **self.model_options)  # validates the model options
+        refusal = crop_size_refusal(self.model, resolved, self.crop_size, self.load_size, self.batch_size)
+        if refusal:
+            raise AdvsegError(refusal)
         if self.perceptual_weights is not None and not MODELS[self.model][1].uses_perceptual:
             raise AdvsegError(f"--perceptual-weights: --model {self.model} has no feature loss (AutoPainter has)")
         return self
@@ -241,6 +248,24 @@ def build_segmenter_for(config: TrainConfig, device: torch.device) -> Any:
             f"--segcache {config.segcache} was made with another segmentation network ({'; '.join(differs)}); "
             "rebuild it with the training's --seg-backend/--seg-weights or train with the cache's")
     return seg
+
+
+def check_segmenter_runs_at(seg: Any, crop_size: int, device: torch.device) -> None:
+    """Refuse, before the run folder exists, a crop size the training Seg cannot segment.
+
+    The Seg segments every generated crop; a backend whose deepest features vanish at that size (Mask2Former's
+    stride-32 GroupNorm below 64 px, for instance) would otherwise fail at the first step, after the run has
+    started. One forward of a blank crop is the exact test.
+    """
+    if seg is None:
+        return
+    try:
+        with torch.no_grad():
+            seg.soft_probs(torch.zeros(1, 3, crop_size, crop_size, device=device))
+    except (RuntimeError, ValueError) as exc:
+        raise AdvsegError(f"--crop-size {crop_size}: the {seg.backend} segmentation network cannot segment "
+                          f"{crop_size}x{crop_size} crops ({str(exc).splitlines()[0]}); use a larger --crop-size "
+                          "(and --load-size)") from None
 
 
 def build_perceptual_for(config: TrainConfig, model_options: Any, device: torch.device) -> Any:
@@ -406,6 +431,7 @@ class Trainer:
         with main_process_first(self.ddp):  # frozen networks whose weights may be downloaded
             seg = build_segmenter_for(config, self.device)
             perceptual = build_perceptual_for(config, model_options, self.device)
+        check_segmenter_runs_at(seg, config.crop_size, self.device)
         self.model = build_model(config.model, model_options, seg, pool_seed=config.seed * 1000 + self.ddp.rank,
                                  perceptual=perceptual).to(self.device)
         if config.channels_last:
@@ -546,9 +572,9 @@ class Trainer:
         pending: list[dict[str, Tensor]] = []
         batch: dict[str, Any] | None = None
         timer = time.perf_counter()
+        plan = PlanAnnouncer(self, quiet=config.quiet or not self.ddp.is_main)
         with progress(total=total_steps, desc=f"train {config.name}", quiet=config.quiet or not self.ddp.is_main,
-                      unit="step") as bar:
-            bar.update(self.position.step)
+                      unit="step", initial=self.position.step) as bar, StopAtStepBoundary() as stop:
             while self.position.epoch <= config.total_epochs and self.position.step < total_steps:
                 epoch = self.position.epoch
                 for batch in make_loader(self.dataset, config, self.ddp, epoch, self.position.batch):
@@ -557,6 +583,7 @@ class Trainer:
                     self.position = Position(self.position.step + 1, epoch, self.position.batch + 1)
                     bar.update(1)
                     step = self.position.step
+                    plan.after_step(step)
                     if step % config.log_every == 0 or step == total_steps:
                         last = self._log(pending, time.perf_counter() - timer)
                         pending, timer = [], time.perf_counter()
@@ -564,10 +591,12 @@ class Trainer:
                                          if k in ("loss/G_total", "loss/D_total")})
                     if self.ddp.is_main and step % config.sample_every == 0:
                         write_png(self.folder.samples / f"step_{step:07d}.png", sample_grid(self.model, batch))
-                    if step % config.save_every == 0 or step == total_steps:
+                    if step % config.save_every == 0 or step == total_steps or self._stop_agreed(stop):
                         last = self._log(pending, time.perf_counter() - timer) if pending else last
                         pending, timer = [], time.perf_counter()
                         self.save()
+                    if stop.requested and step < total_steps:
+                        raise TrainingInterrupted(self._interrupted_message(stop.requested))
                     if step >= total_steps:
                         break
                 else:
@@ -578,6 +607,20 @@ class Trainer:
                 write_png(self.folder.samples / f"step_{self.position.step:07d}.png", sample_grid(self.model, batch))
         self.folder.close()
         return TrainSummary(config.run_dir, self.position.step, self.position.epoch, last)
+
+    def _stop_agreed(self, stop: StopAtStepBoundary) -> bool:
+        """Whether a stop was asked for, on any process: every rank must stop after the same step."""
+        if self.ddp.world == 1:
+            return stop.requested is not None
+        flag = torch.tensor([stop.requested is not None], dtype=torch.int32, device=self.device)
+        dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+        if flag.item() and stop.requested is None:
+            stop.requested = "a signal to another process"
+        return bool(flag.item())
+
+    def _interrupted_message(self, cause: str) -> str:
+        return (f"interrupted ({cause}) at step {self.position.step} of {self.planned_steps}; its checkpoint is "
+                f"{self.config.run_dir / 'checkpoints' / 'latest.pt'}; continue with: {resume_command(self.config)}")
 
     def _end_epoch(self, epoch: int) -> None:
         self.sched_G.step()
@@ -601,6 +644,63 @@ class Trainer:
         return values
 
 
+CPU_WARNING_HOURS = 3.0  # a CPU run predicted longer than this gets one line naming the options that shrink it
+TIMED_STEPS = 3  # steps after the first (which pays for warm-up) that the estimate is measured over
+
+
+def format_duration(seconds: float) -> str:
+    """A duration as a person reads it: 40 s, 12 min, 3.5 h, 2.1 days."""
+    if seconds < 90:
+        return f"{seconds:.0f} s"
+    if seconds < 90 * 60:
+        return f"{seconds / 60:.0f} min"
+    if seconds < 48 * 3600:
+        return f"{seconds / 3600:.1f} h"
+    return f"{seconds / 86400:.1f} days"
+
+
+class PlanAnnouncer:
+    """The first line of a run: its planned steps and, measured on its first steps, how long it will take.
+
+    Announced after a few timed steps rather than before, because only the machine itself can tell how fast
+    this model runs on it; a CPU run that would take hours says so and names the options that shrink it.
+    """
+
+    def __init__(self, trainer: Trainer, quiet: bool) -> None:
+        self.trainer, self.quiet = trainer, quiet
+        self.first_step = trainer.position.step
+        self.total = trainer.planned_steps
+        self.clock: float | None = None
+        self.done = self.first_step >= self.total
+
+    def after_step(self, step: int) -> None:
+        if self.done:
+            return
+        if self.clock is None:  # the first step of this session pays for warm-up: timing starts after it
+            self.clock = time.perf_counter()
+            if step >= self.total:
+                self._announce(step, per_step=None)
+            return
+        timed = step - self.first_step - 1
+        if timed >= TIMED_STEPS or step >= self.total:
+            self._announce(step, per_step=(time.perf_counter() - self.clock) / timed)
+
+    def _announce(self, step: int, per_step: float | None) -> None:
+        self.done = True
+        config, remaining = self.trainer.config, self.total - step
+        left = per_step * remaining if per_step is not None else 0.0
+        if not self.quiet:
+            limit = f", --max-steps {config.max_steps}" if config.max_steps else ""
+            speed = f"{per_step:.2g} s/step on {self.trainer.device.type}, " if per_step is not None else ""
+            click.echo(f"train {config.name}: step {step} of {self.total} planned ({self.trainer.steps_per_epoch} "
+                       f"per epoch x {config.total_epochs} epochs{limit}); {speed}about {format_duration(left)} left",
+                       err=True)
+        if self.trainer.device.type == "cpu" and left > CPU_WARNING_HOURS * 3600:
+            click.echo(f"train {config.name}: this run would take about {format_duration(left)} on this CPU; "
+                       "shrink it with --max-steps, --crop-size/--load-size, --ngf/--ndf or --epochs/--epochs-decay, "
+                       "or train on a GPU (--device cuda)", err=True)
+
+
 def segmentation_gradient_norm(model: AdvSegModel, generator_terms: dict[str, Tensor]) -> Tensor:
     """L2 norm of d(sum of the segmentation terms G_M, G_Bin)/d(photo generator's weights).
 
@@ -617,15 +717,47 @@ def segmentation_gradient_norm(model: AdvSegModel, generator_terms: dict[str, Te
     return torch.stack(squares).sum().sqrt().detach() if squares else torch.zeros((), device=parameters[0].device)
 
 
+class TrainingInterrupted(StageInterrupted):
+    """Training stopped on a signal after saving the checkpoint of the step it had finished."""
+
+
+def resume_command(config: TrainConfig) -> str:
+    """The command that continues this run: its config.json supplies every other option."""
+    return shlex.join(["advseg", "train", "--name", config.name, "--runs-dir", str(config.runs_dir), "--resume"])
+
+
+def _record_interruption(record: RunRecord, config: TrainConfig, trainer: Trainer | None) -> None:
+    """RUN/advseg-run.json says "interrupted" and at which step, so nobody mistakes the run for finished."""
+    if trainer is None or not trainer.ddp.is_main or not config.run_dir.is_dir():
+        return
+    record.counts = {"steps": trainer.position.step, "planned_steps": trainer.planned_steps,
+                     "epoch": trainer.position.epoch}
+    record.extra["continue_with"] = resume_command(config)
+    record.finish("interrupted")
+    record.write(config.run_dir / FOLDER_RECORD_NAME)
+
+
 def train(config: TrainConfig) -> TrainSummary:
     """Train (or resume) one run; returns where it stands.
 
     When the run reaches its planned end, ``RUN/advseg-run.json`` records it: its presence means the run
     is finished (what ``make reproduce`` waits for), while checkpoints alone may belong to a stopped run.
+    A signal stops the run at the end of the current step with a checkpoint there, and the record says
+    "interrupted" with the command that continues it.
     """
     record = RunRecord("train", config.to_json())
-    trainer = Trainer(config)
-    summary = trainer.run()
+    trainer: Trainer | None = None
+    try:
+        trainer = Trainer(config)
+        summary = trainer.run()
+    except TrainingInterrupted:
+        _record_interruption(record, config, trainer)
+        raise
+    except KeyboardInterrupt:  # a second signal, or one before the first step: no checkpoint of this moment
+        _record_interruption(record, config, trainer)
+        latest = config.run_dir / "checkpoints" / "latest.pt"
+        advice = resume_command(config) if latest.exists() else same_command()
+        raise TrainingInterrupted(f"interrupted before the end of a step; continue with: {advice}") from None
     if trainer.ddp.is_main:
         planned = trainer.planned_steps
         record.counts = {"steps": summary.steps, "planned_steps": planned, "epoch": summary.epoch}

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from advseg_cli.errors import IncompatibleInputError, WeightsNotFoundError
+from advseg_cli.errors import AdvsegError, IncompatibleInputError, WeightsNotFoundError
 from advseg_cli.segcache import SegcacheConfig, build_segcache
 from advseg_cli.training.loop import Trainer, train
 from tests.helpers import write_vgg16_weights
@@ -57,14 +57,15 @@ def test_a_photo_without_a_map_is_an_error_before_the_first_step(seg_setup, tmp_
     make_dataset(extra)
     Image.fromarray(np.full((40, 40, 3), 90, np.uint8)).save(extra / "trainB" / "new.png")
     config = tiny_config(extra, tmp_path / "runs", segcache=cache, seg_weights=weights,
-                         model_options={"advseg": "multi"}, max_steps=1)
+                         model_options={"advseg": "multi"}, max_steps=1, load_size=70, crop_size=64)
     with pytest.raises(IncompatibleInputError, match="1 photos have no map.*--segcache-missing skip"):
         Trainer(config)
     assert not (tmp_path / "runs" / "run" / "config.json").exists()
     with warnings.catch_warnings(record=True):
         warnings.simplefilter("always")
         trainer = Trainer(tiny_config(extra, tmp_path / "runs", segcache=cache, seg_weights=weights,
-                                      model_options={"advseg": "multi"}, max_steps=1, segcache_missing="skip"))
+                                      model_options={"advseg": "multi"}, max_steps=1, segcache_missing="skip",
+                                      load_size=70, crop_size=64))
     assert "new.png" not in [p.name for p in trainer.dataset.B.files]
 
 
@@ -106,3 +107,11 @@ def test_without_seg_weights_the_training_takes_the_ones_the_cache_was_made_with
     copy.write_bytes(cache.read_bytes())
     with pytest.raises(WeightsNotFoundError, match="--seg-weights"):  # the message names train's option
         Trainer(_config(seg_setup, tmp_path / "b", seg_weights=None, segcache=copy, max_steps=1))
+
+
+def test_a_crop_the_training_seg_cannot_segment_is_refused_before_the_run_folder(seg_setup, tmp_path: Path) -> None:
+    """Mask2Former's stride-32 GroupNorm has nothing to normalise at 32 px: the first step would fail."""
+    config = _config(seg_setup, tmp_path / "runs", load_size=36, crop_size=32, max_steps=1)
+    with pytest.raises(AdvsegError, match="--crop-size 32: the mask2former segmentation network cannot segment"):
+        Trainer(config)
+    assert not (tmp_path / "runs").exists()

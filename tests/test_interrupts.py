@@ -1,0 +1,124 @@
+"""A real signal to a real ``advseg`` process: the advice it prints, run as printed, finishes the work exactly.
+
+The reference is the same work done without an interruption: bit-equal weights at the same step for
+``train``, byte-equal sketches for ``edges``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shlex
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from tests.training.test_training import make_dataset
+
+ADVSEG = str(Path(sys.executable).with_name("advseg"))
+
+
+def start_advseg(args: list[str], cwd: Path) -> subprocess.Popen:
+    return subprocess.Popen([ADVSEG, *args], cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env={**os.environ, "ADVSEG_OFFLINE": "1"})
+
+
+def wait_until(condition, process: subprocess.Popen, timeout: float = 120.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert process.poll() is None, f"finished before the signal: {process.communicate()}"
+        assert time.monotonic() < deadline, "the process made no progress"
+        time.sleep(0.05)
+
+
+def run_advice(stderr: str, cwd: Path) -> subprocess.CompletedProcess:
+    """Run the command after 'continue with:' exactly as printed (the ``advseg`` on this interpreter's PATH)."""
+    advice = stderr.rsplit("continue with: ", 1)[1].strip().splitlines()[0]
+    words = shlex.split(advice)
+    assert words[0] == "advseg", advice
+    return subprocess.run([ADVSEG, *words[1:]], cwd=cwd, capture_output=True, text=True,
+                          env={**os.environ, "ADVSEG_OFFLINE": "1"})
+
+
+def metric_rows(run: Path) -> int:
+    path = run / "metrics.csv"
+    return max(0, len(path.read_text().splitlines()) - 1) if path.exists() else 0
+
+
+TRAIN_ARGS = ["--model", "pix2pix", "--ngf", "4", "--ndf", "4", "--load-size", "36", "--crop-size", "32",
+              "--max-steps", "30", "--log-every", "1", "--workers", "0", "--device", "cpu", "--quiet"]
+
+
+def test_train_stops_at_a_step_saves_it_and_the_printed_command_ends_bit_equal(tmp_path: Path) -> None:
+    data = make_dataset(tmp_path / "data")
+    process = start_advseg(["train", str(data), "--name", "cut", "--runs-dir", "runs", *TRAIN_ARGS], tmp_path)
+    wait_until(lambda: metric_rows(tmp_path / "runs" / "cut") >= 5, process)
+    process.send_signal(signal.SIGINT)
+    stdout, stderr = process.communicate(timeout=120)
+    assert process.returncode == 130, stderr
+    assert "Traceback" not in stderr
+    assert "continue with: advseg train --name cut --runs-dir runs --resume" in stderr
+    record = json.loads((tmp_path / "runs" / "cut" / "advseg-run.json").read_text())
+    stopped_at = record["counts"]["steps"]
+    assert record["status"] == "interrupted" and 5 <= stopped_at < 30
+    assert f"at step {stopped_at} of 30" in stderr
+    saved = torch.load(tmp_path / "runs" / "cut" / "checkpoints" / "latest.pt", weights_only=True)
+    assert saved["position"]["step"] == stopped_at, "the checkpoint is not the step the run stopped at"
+
+    resumed = run_advice(stderr, tmp_path)
+    assert resumed.returncode == 0, resumed.stderr
+    straight = subprocess.run([ADVSEG, "train", str(data), "--name", "straight", "--runs-dir", "runs", *TRAIN_ARGS],
+                              cwd=tmp_path, capture_output=True, text=True)
+    assert straight.returncode == 0, straight.stderr
+    a = torch.load(tmp_path / "runs" / "cut" / "checkpoints" / "latest.pt", weights_only=True)
+    b = torch.load(tmp_path / "runs" / "straight" / "checkpoints" / "latest.pt", weights_only=True)
+    assert a["position"] == b["position"] and a["position"]["step"] == 30
+    differing = [name for name in b["model"] if not torch.equal(a["model"][name], b["model"][name])]
+    assert not differing, f"resumed weights differ from an uninterrupted run: {differing[:5]}"
+    assert json.loads((tmp_path / "runs" / "cut" / "advseg-run.json").read_text())["status"] == "complete"
+
+
+def write_photos(folder: Path, count: int) -> None:
+    folder.mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    for index in range(count):
+        canvas = np.full((96, 96, 3), 235, np.uint8)
+        top, left = rng.integers(8, 40, size=2)
+        canvas[top:top + 40, left:left + 40] = rng.integers(0, 120, size=3)
+        Image.fromarray(canvas).save(folder / f"p{index:02d}.png")
+
+
+EDGES_ARGS = ["--size", "64", "--pad", "16", "--device", "cpu", "--workers", "0", "--quiet"]
+
+
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
+def test_edges_keeps_finished_sketches_and_the_printed_command_completes_them(tmp_path: Path, signum: int) -> None:
+    write_photos(tmp_path / "photos", 16)
+    process = start_advseg(["edges", "photos", "sketches", *EDGES_ARGS], tmp_path)
+    wait_until(lambda: len(list((tmp_path / "sketches").glob("*.png"))) >= 2, process)
+    process.send_signal(signum)
+    _, stderr = process.communicate(timeout=120)
+    assert process.returncode == 130, stderr
+    assert "Traceback" not in stderr
+    record = json.loads((tmp_path / "sketches" / "advseg-run.json").read_text())
+    finished = record["extra"]["items_finished_before_the_interrupt"]
+    assert record["status"] == "interrupted" and 2 <= finished < 16
+    assert sorted(p.name for p in (tmp_path / "sketches").iterdir() if p.name.startswith(".")) == [], \
+        "a temporary file of the interrupted write was left behind"
+    assert f"continue with: {shlex.join(['advseg', 'edges', 'photos', 'sketches', *EDGES_ARGS])}" in stderr
+
+    resumed = run_advice(stderr, tmp_path)
+    assert resumed.returncode == 0, resumed.stderr
+    assert f"{16 - finished} written, {finished} already done" in resumed.stdout
+    straight = subprocess.run([ADVSEG, "edges", "photos", "reference", *EDGES_ARGS], cwd=tmp_path,
+                              capture_output=True, text=True)
+    assert straight.returncode == 0, straight.stderr
+    for reference in sorted((tmp_path / "reference").glob("*.png")):
+        assert (tmp_path / "sketches" / reference.name).read_bytes() == reference.read_bytes(), reference.name
