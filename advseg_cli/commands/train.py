@@ -18,7 +18,8 @@ from advseg_cli.models.perceptual import PERCEPTUAL_LAYERS
 # defaults (lambda_seg 10 for CycleGAN and 100 for Pix2Pix, instance vs batch norm, ...).
 MODEL_OPTIONS = ("arch", "ngf", "ndf", "n_layers_d", "norm", "dropout", "gan_mode", "advseg", "lambda_seg",
                  "seg_grad", "pool_size", "lambda_a", "lambda_b", "lambda_identity", "lambda_l1", "lambda_tv",
-                 "lambda_feat", "perceptual_layer")
+                 "lambda_feat", "perceptual_layer", "lambda_gan", "lambda_nce", "nce_idt", "nce_layers", "num_patches",
+                 "nce_t", "netf_nc", "flip_equivariance")
 
 
 def _default_workers() -> int:
@@ -30,7 +31,8 @@ def _default_workers() -> int:
 @click.option("--name", required=True, help="Run name: the run folder is RUNS_DIR/NAME.")
 @click.option("--runs-dir", type=click.Path(path_type=Path, file_okay=False), default=Path("runs"), show_default=True)
 @click.option("--model", type=click.Choice(list(MODELS)), default="cyclegan", show_default=True,
-              help="cyclegan: unpaired trainA/trainB; pix2pix, autopainter: pairs with the same relative path.")
+              help="cyclegan, cut, fastcut: unpaired trainA/trainB; pix2pix, autopainter: pairs with the same "
+                   "relative path.")
 @click.option("--sketches", type=click.Path(path_type=Path, file_okay=False), help="Sketch folder [default: DATA/trainA].")
 @click.option("--photos", type=click.Path(path_type=Path, file_okay=False), help="Photo folder [default: DATA/trainB].")
 @click.option("--advseg", type=click.Choice(ADVSEG_MODES), help="Segmentation discriminators: none, multi (D_M), binary, both [none].")
@@ -62,12 +64,29 @@ def _default_workers() -> int:
               help="AutoPainter: the VGG16 activations the feature loss compares [relu3_2].")
 @click.option("--perceptual-weights", type=click.Path(path_type=Path, dir_okay=False),
               help="AutoPainter: torchvision's vgg16-397923af.pth [default: ADVSEG_HOME or torch hub's cache].")
+@click.option("--lambda-gan", type=click.FloatRange(min=0), help="CUT / FastCUT: weight of the GAN loss [default: 1].")
+@click.option("--lambda-nce", type=click.FloatRange(min=0),
+              help="CUT / FastCUT: weight of the PatchNCE loss; 0: off [default: 1 cut, 10 fastcut].")
+@click.option("--nce-idt/--no-nce-idt", default=None,
+              help="CUT / FastCUT: the identity PatchNCE term on photos [default: on cut, off fastcut].")
+@click.option("--nce-layers", help="CUT / FastCUT: generator layers PatchNCE compares (pixels, the two downsampling "
+                                   "convs, residual blocks 1 and 5) [default: 0,4,7,10,14].")
+@click.option("--num-patches", type=click.IntRange(min=1), help="CUT / FastCUT: patches sampled per layer [default: 256].")
+@click.option("--nce-t", type=click.FloatRange(min=0, min_open=True),
+              help="CUT / FastCUT: temperature of PatchNCE [default: 0.07].")
+@click.option("--netf-nc", type=click.IntRange(min=1),
+              help="CUT / FastCUT: width of the patch projection MLP [default: 256].")
+@click.option("--flip-equivariance/--no-flip-equivariance", default=None,
+              help="CUT / FastCUT: random left-right flips of G's input, features flipped back [default: off cut, "
+                   "on fastcut].")
 @click.option("--load-size", type=click.IntRange(min=1), default=286, show_default=True)
 @click.option("--crop-size", type=click.IntRange(min=1), default=256, show_default=True)
 @click.option("--no-flip", is_flag=True, help="No random horizontal flips.")
 @click.option("--batch-size", type=click.IntRange(min=1), default=1, show_default=True)
-@click.option("--epochs", type=click.IntRange(min=0), default=100, show_default=True, help="Epochs at the initial rate.")
-@click.option("--epochs-decay", type=click.IntRange(min=0), default=100, show_default=True, help="Epochs of linear decay.")
+@click.option("--epochs", type=click.IntRange(min=0),
+              help="Epochs at the initial rate [default: 100; cut 200, fastcut 150 (the CUT code's)].")
+@click.option("--epochs-decay", type=click.IntRange(min=0),
+              help="Epochs of linear decay [default: 100; cut 200, fastcut 50 (the CUT code's)].")
 @click.option("--lr", type=click.FloatRange(min=0, min_open=True), default=2e-4, show_default=True)
 @click.option("--beta1", type=click.FloatRange(0, 1), default=0.5, show_default=True)
 @click.option("--seed", type=int, default=0, show_default=True)
@@ -96,7 +115,7 @@ def _default_workers() -> int:
 @click.option("--dry-run", is_flag=True, help="Print the resolved configuration as JSON and exit.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 def train(data: Path | None, **options: Any) -> None:
-    """Train CycleGAN, Pix2Pix or AutoPainter (+ AdvSegLoss) on sketches and photos.
+    """Train CycleGAN, Pix2Pix, AutoPainter, CUT or FastCUT (+ AdvSegLoss) on sketches and photos.
 
     DATA is a folder with trainA/ (sketches) and trainB/ (photos), as in the CycleGAN code base;
     --sketches/--photos name the folders directly. With --resume, the run's own config.json supplies
@@ -142,12 +161,20 @@ def _new_config(data: Path | None, options: dict[str, Any]) -> Any:
         raise AdvsegError("give DATA (with trainA/ and trainB/) or both --sketches and --photos")
     model_options = {key: options.pop(key) for key in MODEL_OPTIONS}
     model_options = {key: value for key, value in model_options.items() if value is not None}
+    _fill_schedule_defaults(options)
     segcache = options.pop("segcache")
     if segcache is None and data is not None and (data / "segmaps.h5").exists() \
             and model_options.get("advseg", "none") != "none":
         segcache = data / "segmaps.h5"
     return TrainConfig(sketches=sketches, photos=photos, model_options=model_options, segcache=segcache,
                        flip=not options.pop("no_flip"), compile=options.pop("compile_"), **options).validate()
+
+
+def _fill_schedule_defaults(options: dict[str, Any]) -> None:
+    """--epochs / --epochs-decay not given: the model's public schedule (CUT and FastCUT have their own)."""
+    epochs, decay = MODELS[options["model"]][1].default_schedule
+    options["epochs"] = epochs if options["epochs"] is None else options["epochs"]
+    options["epochs_decay"] = decay if options["epochs_decay"] is None else options["epochs_decay"]
 
 
 _PATH_FIELDS = ("sketches", "photos", "runs_dir", "segcache", "seg_weights", "perceptual_weights", "init_from")
