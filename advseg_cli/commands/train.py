@@ -14,6 +14,7 @@ from advseg_cli.models.advseg import ADVSEG_MODES, MODELS, SEG_GRAD_MODES
 from advseg_cli.models.networks import GENERATOR_ARCHS, NORMS
 from advseg_cli.models.perceptual import PERCEPTUAL_LAYERS
 
+# CUT's numeric options are plain click types: the model config refuses a bad value in one line naming the option.
 # Options that configure the model; passed on only when given, so each model keeps its own
 # defaults (lambda_seg 10 for CycleGAN and 100 for Pix2Pix, instance vs batch norm, ...).
 MODEL_OPTIONS = ("arch", "ngf", "ndf", "n_layers_d", "norm", "dropout", "gan_mode", "advseg", "lambda_seg",
@@ -64,17 +65,17 @@ def _default_workers() -> int:
               help="AutoPainter: the VGG16 activations the feature loss compares [relu3_2].")
 @click.option("--perceptual-weights", type=click.Path(path_type=Path, dir_okay=False),
               help="AutoPainter: torchvision's vgg16-397923af.pth [default: ADVSEG_HOME or torch hub's cache].")
-@click.option("--lambda-gan", type=click.FloatRange(min=0), help="CUT / FastCUT: weight of the GAN loss [default: 1].")
-@click.option("--lambda-nce", type=click.FloatRange(min=0),
+@click.option("--lambda-gan", type=float, help="CUT / FastCUT: weight of the GAN loss [default: 1].")
+@click.option("--lambda-nce", type=float,
               help="CUT / FastCUT: weight of the PatchNCE loss; 0: off [default: 1 cut, 10 fastcut].")
 @click.option("--nce-idt/--no-nce-idt", default=None,
               help="CUT / FastCUT: the identity PatchNCE term on photos [default: on cut, off fastcut].")
 @click.option("--nce-layers", help="CUT / FastCUT: generator layers PatchNCE compares (pixels, the two downsampling "
                                    "convs, residual blocks 1 and 5) [default: 0,4,7,10,14].")
-@click.option("--num-patches", type=click.IntRange(min=1), help="CUT / FastCUT: patches sampled per layer [default: 256].")
-@click.option("--nce-t", type=click.FloatRange(min=0, min_open=True),
+@click.option("--num-patches", type=int, help="CUT / FastCUT: patches sampled per layer [default: 256].")
+@click.option("--nce-t", type=float,
               help="CUT / FastCUT: temperature of PatchNCE [default: 0.07].")
-@click.option("--netf-nc", type=click.IntRange(min=1),
+@click.option("--netf-nc", type=int,
               help="CUT / FastCUT: width of the patch projection MLP [default: 256].")
 @click.option("--flip-equivariance/--no-flip-equivariance", default=None,
               help="CUT / FastCUT: random left-right flips of G's input, features flipped back [default: off cut, "

@@ -467,9 +467,16 @@ class Trainer:
         except AdvsegError:
             load_public_generator(Path(path), generator)  # raises a clear error for other files
             return
-        prefix = self.model.generator_names[0] + "."
+        # The source run's sketch -> photo generator (G_A of a CycleGAN run can seed CUT's G, and back).
+        source = MODELS.get(payload.get("model_name"), MODELS[self.config.model])[1]
+        prefix = source.generator_names[0] + "."
         state = {k[len(prefix):]: v for k, v in payload["model"].items() if k.startswith(prefix)}
-        generator.load_state_dict(state)
+        try:
+            generator.load_state_dict(state)
+        except RuntimeError as exc:
+            raise AdvsegError(f"--init-from {path}: its {prefix[:-1]} does not fit this run's generator "
+                              f"({generator.spec.options()}); give the options it was trained with "
+                              f"({str(exc).strip().splitlines()[0]})") from None
 
     def _restore(self, payload: dict[str, Any]) -> None:
         if payload["model_name"] != self.config.model:
