@@ -154,3 +154,17 @@ def test_colorize_runs_a_cut_run(data: Path, tmp_path: Path) -> None:
     produced = np.asarray(__import__("PIL.Image", fromlist=["Image"]).open(out / "0.png"))
     assert produced.shape == expected.shape
     assert np.abs(produced.astype(int) - expected.astype(int)).max() <= 1
+
+
+def test_cut_steps_the_discriminators_first_as_its_public_code(data: Path, tmp_path: Path,
+                                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    order = []
+    for model, expected in (("cut", ["D", "G", "D", "G"]), ("cyclegan", ["G", "D", "G", "D"])):
+        trainer = Trainer(tiny_config(data, tmp_path / model, model=model, max_steps=2))
+        for side, method in (("G", "generator_losses"), ("D", "discriminator_losses")):
+            original = getattr(trainer.model, method)
+            monkeypatch.setattr(trainer.model, method,
+                                lambda *a, _o=original, _s=side, **k: order.append(_s) or _o(*a, **k))
+        trainer.run()
+        assert order == expected, model
+        order.clear()
