@@ -15,7 +15,6 @@ import torch.nn.functional as F
 from advseg_cli.errors import AdvsegError
 from advseg_cli.models.advseg import CUTConfig, FastCUTConfig, build_model, model_config
 from advseg_cli.models.patchnce import (
-    SELF_NEGATIVE_LOGIT,
     PatchProjection,
     encoder_features,
     parse_layers,
@@ -25,6 +24,7 @@ from tests.models.conftest import PixelwiseSeg
 from tests.models.test_advseg_models import SEG_MODES, SEG_TERMS, real_batch, tiny
 
 T = 0.07
+PUBLIC_SELF_LOGIT = -10.0  # patchnce.py of the public code: the own position among the negatives
 
 
 @pytest.fixture(scope="module")
@@ -34,13 +34,13 @@ def seg() -> PixelwiseSeg:
 
 def closed_form(patches: int, temperature: float) -> float:
     """-log softmax of the positive when q.k+ = 1, q.k- = 0 for the P-1 negatives, and the own slot is -10."""
-    logits = torch.tensor([1.0] + [0.0] * (patches - 1) + [SELF_NEGATIVE_LOGIT], dtype=torch.float64) / temperature
+    logits = torch.tensor([1.0] + [0.0] * (patches - 1) + [PUBLIC_SELF_LOGIT], dtype=torch.float64) / temperature
     return float(torch.logsumexp(logits, 0) - logits[0])
 
 
 # ----------------------------------------------------------------------------- PatchNCE, by definition
 @pytest.mark.parametrize(("batch", "patches", "temperature", "rtol"),
-                         [(1, 5, 1.0, 1e-5), (2, 16, 0.5, 1e-5), (2, 16, T, 0.1)])
+                         [(1, 5, 5.0, 1e-5), (1, 5, 1.0, 1e-5), (2, 16, 0.5, 1e-5), (2, 16, T, 0.1)])
 def test_patch_nce_equals_its_closed_form_on_orthonormal_patches(batch: int, patches: int, temperature: float,
                                                                  rtol: float) -> None:
     """Each query equals its positive and is orthogonal to every negative: loss = log(1 + (P-1)e^{-1/T} + e^{-11/T}).
@@ -52,7 +52,7 @@ def test_patch_nce_equals_its_closed_form_on_orthonormal_patches(batch: int, pat
     losses = patch_nce_loss(features, features.clone(), batch, temperature)
     assert losses.shape == (batch * patches,)
     expected = math.log(1 + (patches - 1) * math.exp(-1 / temperature)
-                        + math.exp((SELF_NEGATIVE_LOGIT - 1) / temperature))
+                        + math.exp((PUBLIC_SELF_LOGIT - 1) / temperature))
     assert expected == pytest.approx(closed_form(patches, temperature), rel=1e-12)
     torch.testing.assert_close(losses, torch.full_like(losses, expected), rtol=rtol, atol=0)
 
@@ -67,7 +67,7 @@ def test_breaking_the_correspondence_raises_the_loss() -> None:
     assert float(shuffled) > float(matched) + 5  # measured: 0.02 vs 13.6
     # the cross-entropy's definition, written out for one row
     row = torch.cat([(queries[3] * keys[3]).sum()[None], queries[3] @ keys[:64].T]) / T
-    row[1 + 3] = SELF_NEGATIVE_LOGIT / T
+    row[1 + 3] = PUBLIC_SELF_LOGIT / T
     assert float(patch_nce_loss(queries, keys, 2, T)[3]) == pytest.approx(float(-torch.log_softmax(row, 0)[0]),
                                                                           rel=1e-5)
 
