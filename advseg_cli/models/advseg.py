@@ -786,7 +786,8 @@ def model_config(model: str, **options: Any) -> CycleGANConfig | Pix2PixConfig |
 
 def build_model(model: str, config: Any = None, seg: nn.Module | None = None, pool_seed: int = 0,
                 perceptual: nn.Module | None = None) -> AdvSegModel:
-    """Build ``model`` ('cyclegan' | 'pix2pix' | 'autopainter' | 'cut' | 'fastcut') with ``config`` (its defaults when None).
+    """Build ``model`` (a name of MODELS: cyclegan, pix2pix, autopainter, cut, fastcut) with ``config`` (its
+    defaults when None).
 
     ``perceptual`` (the frozen VGG16 features) is for AutoPainter only.
     """

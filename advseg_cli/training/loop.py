@@ -46,7 +46,7 @@ class TrainConfig:
     name: str  # run folder name under runs_dir
     sketches: Path  # domain A folder (trainA)
     photos: Path  # domain B folder (trainB)
-    model: str = "cyclegan"  # cyclegan (unpaired) | pix2pix, autopainter (paired: same relative paths)
+    model: str = "cyclegan"  # cyclegan, cut, fastcut (unpaired) | pix2pix, autopainter (paired: same relative paths)
     model_options: dict[str, Any] = dataclasses.field(default_factory=dict)  # overrides of the model's defaults
     runs_dir: Path = Path("runs")
     segcache: Path | None = None  # HDF5 label maps of the photos (needed by --advseg multi/binary/both)

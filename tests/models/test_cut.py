@@ -73,7 +73,7 @@ def test_breaking_the_correspondence_raises_the_loss() -> None:
 
 
 def test_negatives_come_from_the_same_image_only() -> None:
-    """Changing image 1's patches leaves image 0's losses unchanged (nce_includes_all_negatives_from_minibatch False)."""
+    """Image 1's patches do not change image 0's losses (the public nce_includes_all_negatives_from_minibatch False)."""
     generator = torch.Generator().manual_seed(2)
     keys = F.normalize(torch.randn(2 * 8, 4, generator=generator), dim=1)
     queries = F.normalize(torch.randn(2 * 8, 4, generator=generator), dim=1)
