@@ -12,12 +12,13 @@ DATASET ?= bedroom#        bedroom | elephant | sheep | illustration | cityscape
 DATA_ROOT ?= datasets#     prepared datasets: DATA_ROOT/DATASET/{trainA,trainB,testA,testB,segmaps.h5}
 RUNS ?= runs#              run folders: RUNS/DATASET/COLUMN
 RESULTS ?= results#        RESULTS/DATASET/COLUMN/{colorized,fid.json}, RESULTS/DATASET.md, RESULTS/TABLE.md
-METHODS ?= cyclegan-none cyclegan-multi cyclegan-binary cyclegan-both autopainter pix2pix-none pix2pix-multi pix2pix-binary pix2pix-both# the table's columns to run
+METHODS ?= cyclegan-none cyclegan-multi cyclegan-binary cyclegan-both autopainter pix2pix-none pix2pix-multi pix2pix-binary pix2pix-both# the table's columns to run; also cut cut-multi cut-binary cut-both fastcut fastcut-multi fastcut-binary fastcut-both (an extra block)
 GPUS ?= 1#                 >1: training runs under torchrun with this many processes
 DEVICE ?= auto#            auto | cpu | cuda | cuda:N
 PRECISION ?= fp32#         fp32 | bf16 | fp16 (training)
 EPOCHS ?= 100#             epochs at the initial learning rate (the public code: 100)
 EPOCHS_DECAY ?= 100#       epochs of linear decay (the public code: 100)
+CUT_SCHEDULE ?= public#    cut / fastcut columns: public (the CUT code's 200+200 / 150+50 epochs) | table (EPOCHS + EPOCHS_DECAY)
 BATCH ?= 1#                batch size per process (the public code: 1)
 LOAD ?= 286#               training resize (also the square the photos are segmented at)
 CROP ?= 256#               training crop (and the colorize size)
@@ -103,6 +104,7 @@ OUTD := $(RESULTS)/$(DATASET)
 redo_unless_complete = $(if $(and $(wildcard $(2)),$(shell grep -qs '"status": "complete"' $(1) && echo ok)),,FORCE)
 column_model = $(word 1,$(subst -, ,$(1)))
 column_advseg = $(or $(word 2,$(subst -, ,$(1))),none)
+column_schedule = $(if $(and $(filter cut fastcut,$(call column_model,$(1))),$(filter public,$(CUT_SCHEDULE))),,--epochs $(EPOCHS) --epochs-decay $(EPOCHS_DECAY))
 TRAIN := $(if $(filter 1,$(GPUS)),$(ADVSEG) train,$(TORCHRUN) --nproc_per_node $(GPUS) -m advseg_cli.cli train)
 SEG_WEIGHTS_OPT := $(if $(SEG_WEIGHTS),--seg-weights $(SEG_WEIGHTS))
 
@@ -119,7 +121,7 @@ FORCE:
 # instead of after days of training.
 NEEDED_WEIGHTS = --need inception-fid$(if $(INCEPTION),=$(INCEPTION)) \
   $(if $(filter autopainter,$(METHODS)),--need vgg16-imagenet$(if $(VGG16),=$(VGG16))) \
-  $(if $(filter-out %-none autopainter,$(METHODS)),--need seg:$(SEG_BACKEND)$(if $(SEG_WEIGHTS),=$(SEG_WEIGHTS)))
+  $(if $(filter-out %-none autopainter cut fastcut,$(METHODS)),--need seg:$(SEG_BACKEND)$(if $(SEG_WEIGHTS),=$(SEG_WEIGHTS)))
 
 weights-check: | $(NEED_INSTALL) ## Check that the weights make reproduce needs are available
 	@$(ADVSEG) weights $(NEEDED_WEIGHTS) || { echo "make: set INCEPTION=PATH / VGG16=PATH / SEG_WEIGHTS=PATH (or SEG_BACKEND), or do what the line above says" >&2; exit 2; }
@@ -140,7 +142,7 @@ $(D)/segmaps.h5.run.json: $(call redo_unless_complete,$(D)/segmaps.h5.run.json,$
 .SECONDEXPANSION:
 $(R)/%/advseg-run.json: | $(D)/trainA/advseg-run.json $$(if $$(filter none,$$(call column_advseg,$$*)),,$(D)/segmaps.h5.run.json)
 	$(TRAIN) $(D) --name $* --runs-dir $(R) --model $(call column_model,$*) --advseg $(call column_advseg,$*) \
-	  --seg-grad $(SEG_GRAD) --epochs $(EPOCHS) --epochs-decay $(EPOCHS_DECAY) --batch-size $(BATCH) \
+	  --seg-grad $(SEG_GRAD) $(call column_schedule,$*) --batch-size $(BATCH) \
 	  --load-size $(LOAD) --crop-size $(CROP) --precision $(PRECISION) --device $(DEVICE) $(SEG_WEIGHTS_OPT) \
 	  $(if $(and $(VGG16),$(filter autopainter,$(call column_model,$*))),--perceptual-weights $(VGG16)) \
 	  --auto-resume $(TRAIN_ARGS)

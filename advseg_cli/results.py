@@ -4,6 +4,7 @@
 --json``) and a run folder ``RUNS/DATASET/COLUMN``. ``write_row`` turns one dataset's into
 ``RESULTS/DATASET.md`` (+ ``.json``) with the settings that produced each number; ``write_table``
 lays the finished rows out as the paper's table. A column not run yet says so instead of disappearing.
+CUT / FastCUT columns (``EXTRA_COLUMNS``) are not the paper's: they form a block of their own below it.
 """
 
 from __future__ import annotations
@@ -39,6 +40,20 @@ COLUMNS = (
     Column("pix2pix-both", "+Both", "pix2pix", "both"),
 )
 
+# Beyond the paper: CUT and FastCUT (Park et al., ECCV 2020) with the same segmentation terms. They are not
+# columns of the paper's table (which keeps its own layout); they appear as a block of their own below it,
+# once one of them has been run (METHODS=cut cut-multi ... fastcut-both).
+EXTRA_COLUMNS = (
+    Column("cut", "CUT", "cut"),
+    Column("cut-multi", "+Multi", "cut", "multi"),
+    Column("cut-binary", "+Binary", "cut", "binary"),
+    Column("cut-both", "+Both", "cut", "both"),
+    Column("fastcut", "FastCUT", "fastcut"),
+    Column("fastcut-multi", "+Multi", "fastcut", "multi"),
+    Column("fastcut-binary", "+Binary", "fastcut", "binary"),
+    Column("fastcut-both", "+Both", "fastcut", "both"),
+)
+
 # FID (lower is better), Hicsonmez et al. ICIP 2021, Table 1; columns in COLUMNS order.
 PAPER_FID: dict[str, tuple[float, ...]] = {
     "bedroom": (113.1, 111.7, 87.1, 93.2, 206.8, 100.5, 100.0, 95.1, 110.1),
@@ -50,8 +65,18 @@ NOT_RUN = "not run"
 
 
 def paper_value(dataset: str, column: Column) -> float | None:
+    """The paper's FID of this column on this dataset; None for datasets and columns it does not have."""
     row = PAPER_FID.get(dataset)
-    return row[COLUMNS.index(column)] if row else None
+    return row[COLUMNS.index(column)] if row and column in COLUMNS else None
+
+
+def split_cells(cells: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """A row's cells as (the paper's columns, the extra block's): rows list the paper's columns first."""
+    return cells[:len(COLUMNS)], cells[len(COLUMNS):]
+
+
+def _any_done(cells: list[dict[str, Any]]) -> bool:
+    return any(cell["status"] == "done" for cell in cells)
 
 
 def _read_json(path: Path) -> dict[str, Any] | None:
@@ -105,15 +130,27 @@ def _comparability_notes(cells: list[dict[str, Any]]) -> list[str]:
             "(the paper's is the 2048-d pool3 FID of pytorch-fid).", ""]
 
 
-def row_markdown(dataset: str, cells: list[dict[str, Any]]) -> str:
+def _extra_block(cells: list[dict[str, Any]]) -> list[str]:
+    """The CUT / FastCUT block of a dataset's page, when one of its columns was run."""
+    if not _any_done(cells):
+        return []
     headers = [cell["header"] for cell in cells]
+    return ["## Beyond the paper: CUT and FastCUT with the segmentation loss", "",
+            "| | " + " | ".join(headers) + " |", "|---" * (len(headers) + 1) + "|",
+            "| advseg | " + " | ".join(_cell(cell) for cell in cells) + " |", ""]
+
+
+def row_markdown(dataset: str, cells: list[dict[str, Any]]) -> str:
+    paper_cells, extra_cells = split_cells(cells)
+    headers = [cell["header"] for cell in paper_cells]
     lines = [f"# FID on {dataset} (lower is better)", "",
              "| | " + " | ".join(headers) + " |", "|---" * (len(headers) + 1) + "|",
-             "| advseg | " + " | ".join(_cell(cell) for cell in cells) + " |",
-             "| paper | " + " | ".join(_fmt(cell["paper"]) for cell in cells) + " |", "",
+             "| advseg | " + " | ".join(_cell(cell) for cell in paper_cells) + " |",
+             "| paper | " + " | ".join(_fmt(cell["paper"]) for cell in paper_cells) + " |", "",
+             *_extra_block(extra_cells),
              *_comparability_notes(cells),
              "## How each number was made", ""]
-    for cell in cells:
+    for cell in paper_cells + (extra_cells if _any_done(extra_cells) else []):
         if cell["status"] != "done":
             lines.append(f"- {cell['column']}: {cell['status']}")
             continue
@@ -129,10 +166,12 @@ def row_markdown(dataset: str, cells: list[dict[str, Any]]) -> str:
 def write_row(dataset: str, results: Path, runs: Path) -> Path:
     """RESULTS/DATASET.md and .json from the finished columns of one dataset."""
     cells = [column_result(dataset, column, results, runs) for column in COLUMNS]
+    extra = [column_result(dataset, column, results, runs) for column in EXTRA_COLUMNS]
     out = results / f"{dataset}.md"
     write_bytes_atomic(results / f"{dataset}.json",
-                       (json.dumps({"dataset": dataset, "columns": cells}, indent=2) + "\n").encode("utf-8"))
-    write_bytes_atomic(out, row_markdown(dataset, cells).encode("utf-8"))
+                       (json.dumps({"dataset": dataset, "columns": cells, "extra_columns": extra}, indent=2)
+                        + "\n").encode("utf-8"))
+    write_bytes_atomic(out, row_markdown(dataset, cells + extra).encode("utf-8"))
     return out
 
 
@@ -142,20 +181,30 @@ def table_markdown(rows: dict[str, list[dict[str, Any]]]) -> str:
     lines = ["# FID (lower is better): advseg (paper)", "",
              "| dataset | " + " | ".join(headers) + " |", "|---" * (len(headers) + 1) + "|"]
     for dataset, cells in rows.items():
-        lines.append(f"| {dataset} | " + " | ".join(f"{_cell(cell)} ({_fmt(cell['paper'])})" for cell in cells) + " |")
+        paper_cells = split_cells(cells)[0]
+        lines.append(f"| {dataset} | " + " | ".join(f"{_cell(cell)} ({_fmt(cell['paper'])})" for cell in paper_cells)
+                     + " |")
     missing = [name for name in PAPER_FID if name not in rows]
     if missing:
         lines += ["", f"Not reproduced yet: {', '.join(missing)} (`make reproduce DATASET=NAME`)."]
+    if any(_any_done(split_cells(cells)[1]) for cells in rows.values()):
+        extra_headers = [column.header for column in EXTRA_COLUMNS]
+        lines += ["", "## Beyond the paper: CUT and FastCUT with the segmentation loss (advseg only)", "",
+                  "| dataset | " + " | ".join(extra_headers) + " |", "|---" * (len(extra_headers) + 1) + "|"]
+        for dataset, cells in rows.items():
+            extra_cells = split_cells(cells)[1] or [{"status": NOT_RUN}] * len(EXTRA_COLUMNS)
+            lines.append(f"| {dataset} | " + " | ".join(_cell(cell) for cell in extra_cells) + " |")
     return "\n".join(lines) + "\n"
 
 
 def read_rows(results: Path) -> dict[str, list[dict[str, Any]]]:
-    """dataset -> its columns, from every RESULTS/DATASET.json that write_row produced."""
+    """dataset -> its columns (the paper's, then the extra block's), from every RESULTS/DATASET.json that
+    write_row produced (rows written before the extra block existed have only the paper's)."""
     rows = {}
     for path in sorted(results.glob("*.json")):
         data = _read_json(path)
         if data and isinstance(data.get("columns"), list) and "dataset" in data:
-            rows[data["dataset"]] = data["columns"]
+            rows[data["dataset"]] = data["columns"] + list(data.get("extra_columns") or [])
     if not rows:
         raise AdvsegError(f"{results}: no finished rows; run `make reproduce DATASET=NAME` first")
     return rows

@@ -1,14 +1,16 @@
 """Benchmark: ``advseg train`` speed for every model x advseg variant, Seg's share of a step, loop overhead.
 
-For each variant (cyclegan / pix2pix / autopainter x advseg none / multi / binary / both with ``--seg-grad
-soft``, plus ``compat`` for the variants named by ``--compat``), one run on the same machine measures:
+For each variant (cyclegan / pix2pix / autopainter / cut / fastcut x advseg none / multi / binary / both with
+``--seg-grad soft``, plus ``compat`` for the variants named by ``--compat``), one run on the same machine
+measures:
 
 * **loop**: the real ``Trainer.run()`` (DataLoader with ``--workers``, decode, resize, crop, the
   segcache read, device copy, ``Trainer.step``, metric logging every ``--log-every`` steps), timed over
   ``--steps`` steps after ``--warmup`` steps: seconds per step and training images per second;
 * **bare**: the same networks, optimizers and image pools on a batch already on the device: translate
-  + generator losses + backward + Adam step + discriminator losses + backward + Adam step, nothing
-  else. ``loop overhead = loop s/step / bare s/step - 1`` (target: under 10 %). On the CPU every
+  + generator losses + backward + Adam step + discriminator losses + backward + Adam step (CUT / FastCUT:
+  the discriminators' half first, and the projection head's Adam step with G's, as in their public code),
+  nothing else. ``loop overhead = loop s/step / bare s/step - 1`` (target: under 10 %). On the CPU every
   timed loop step is paired with a bare step on the same batch (after it, or before it every other
   step), and the bare time is taken out of the loop's: both halves see the same load, which matters
   on a shared machine. On CUDA the loop runs alone (a synchronisation per step would stop the CPU
@@ -77,7 +79,7 @@ from bench.machine import describe_machine  # noqa: E402
 from hed import canny  # noqa: E402
 
 PHOTOS = ("astronaut", "chelsea", "coffee", "rocket", "hubble_deep_field", "immunohistochemistry")  # shipped
-MODELS = ("cyclegan", "pix2pix", "autopainter")
+MODELS = ("cyclegan", "pix2pix", "autopainter", "cut", "fastcut")
 SEG_CHOICES = ("mask2former-tiny-random", "mask2former-swin-tiny-random")
 NEVER = 10**9  # sample_every / save_every: no grid or checkpoint inside the timed window
 
@@ -334,19 +336,35 @@ def preloaded_batch(trainer: Trainer, batch_size: int) -> dict[str, Any]:
 
 
 def bare_step(trainer: Trainer, batch: dict[str, Any]) -> None:
-    """The networks' forward/backward and the optimizer steps, nothing of the loop around them."""
+    """The networks' forward/backward and the optimizer steps, nothing of the loop around them, in the
+    model's order (CUT: discriminators first, then G with its projection head F and F's own optimizer)."""
     model, device, precision, scaler = trainer.model, trainer.device, trainer.config.precision, trainer.scaler
+    model.data_dependent_initialize(batch)  # CUT's F: made on the first batch (the loop's first step made it)
+    for name, parameters in model.late_parameter_groups().items():
+        if name not in trainer.late_optimizers:
+            trainer.late_optimizers[name] = torch.optim.Adam(parameters)
     with autocast(device, precision):
         fakes = model.translate(batch)
-        g = model.generator_losses(batch, fakes)
-    trainer.opt_G.zero_grad(set_to_none=True)
-    scaler.scale(g["total"]).backward()
-    scaler.step(trainer.opt_G)
-    with autocast(device, precision):
-        d = model.discriminator_losses(batch, fakes)
-    trainer.opt_D.zero_grad(set_to_none=True)
-    scaler.scale(d["total"]).backward()
-    scaler.step(trainer.opt_D)
+
+    def generators() -> None:
+        with autocast(device, precision):
+            g = model.generator_losses(batch, fakes)
+        optimizers = [trainer.opt_G, *trainer.late_optimizers.values()]
+        for optimizer in optimizers:
+            optimizer.zero_grad(set_to_none=True)
+        scaler.scale(g["total"]).backward()
+        for optimizer in optimizers:
+            scaler.step(optimizer)
+
+    def discriminators() -> None:
+        with autocast(device, precision):
+            d = model.discriminator_losses(batch, fakes)
+        trainer.opt_D.zero_grad(set_to_none=True)
+        scaler.scale(d["total"]).backward()
+        scaler.step(trainer.opt_D)
+
+    for update in (discriminators, generators) if model.discriminators_first else (generators, discriminators):
+        update()
     scaler.update()
 
 
@@ -407,7 +425,7 @@ def fits_on_device(model_name: str, options: dict[str, Any], seg_folder: Path | 
                 model=model, device=device, config=argparse.Namespace(precision=precision),
                 scaler=torch.amp.GradScaler(device.type, enabled=precision == "fp16"),
                 opt_G=torch.optim.Adam(model.generator_parameters()),
-                opt_D=torch.optim.Adam(model.discriminator_parameters()))
+                opt_D=torch.optim.Adam(model.discriminator_parameters()), late_optimizers={})
             del model
             parts["batch"] = {
                 "real_A": torch.rand(batch_size, 3, size, size, device=device) * 2 - 1,

@@ -61,3 +61,32 @@ def test_fids_over_other_features_are_not_compared(tmp_path: Path) -> None:
     assert "# FID: results vs results" in result.stdout  # default labels: the folder names
     bad = invoke_advseg("results", "compare", str(first), str(second), "--labels", "only-one")
     assert bad.returncode == 2 and "--labels" in bad.stderr
+
+
+def test_cut_columns_form_an_extra_block_and_the_papers_table_keeps_its_columns(tmp_path: Path) -> None:
+    import re
+
+    from advseg_cli.results import COLUMNS, write_table
+
+    results = reproduction(tmp_path / "r", {"cyclegan-none": 120.0, "cut": 95.5, "fastcut-both": 90.25}, "soft")
+    row = (results / "elephant.md").read_text()
+    paper_row = re.search(r"^\| advseg \| (.*) \|$", row, re.M).group(1).split(" | ")
+    assert len(paper_row) == len(COLUMNS) == 9 and paper_row[0] == "120.0"
+    block = row[row.index("## Beyond the paper"):]
+    assert "| | CUT | +Multi | +Binary | +Both | FastCUT | +Multi | +Binary | +Both |" in block
+    assert "| advseg | 95.5 | not run | not run | not run | not run | not run | not run | 90.2 |" in block
+    assert "- cut: FID 95.50" in row and "model cut, advseg none" in row and "- fastcut-both: FID 90.25" in row
+    table = write_table(results).read_text()
+    elephant = [line for line in table.splitlines() if line.startswith("| elephant |")]
+    assert len(elephant) == 2 and elephant[0].count(" | ") == 9  # the paper's 9 columns, then the extra block
+    assert elephant[1] == "| elephant | 95.5 | not run | not run | not run | not run | not run | not run | 90.2 |"
+    compared = invoke_advseg("results", "compare", str(results), str(results))
+    assert "| elephant | CUT (cut) | 95.5 | 95.5 | +0.0 | — |" in compared.stdout
+
+
+def test_a_row_without_cut_columns_has_no_extra_block(tmp_path: Path) -> None:
+    from advseg_cli.results import write_table
+
+    results = reproduction(tmp_path / "r", {"cyclegan-none": 120.0}, "soft")
+    assert "Beyond the paper" not in (results / "elephant.md").read_text()
+    assert "Beyond the paper" not in write_table(results).read_text()

@@ -24,8 +24,8 @@ def _names(text: str | None) -> tuple[str, ...] | None:
               help="quick: minutes, for tests (numbers mean nothing); default: about an hour on a 2-core CPU; "
                    "gpu: larger photos, wider networks, more steps.")
 @click.option("--quick", is_flag=True, help="Same as --preset quick.")
-@click.option("--models", metavar="LIST", help="Comma-separated subset of the preset's models.",
-              show_default="cyclegan,pix2pix")
+@click.option("--models", metavar="LIST", help="Comma-separated models of advseg train: cyclegan, pix2pix, autopainter, "
+                                               "cut, fastcut.", show_default="cyclegan,pix2pix")
 @click.option("--modes", metavar="LIST", help="Comma-separated subset of none, compat, soft, straight.",
               show_default="all four")
 @click.option("--seeds", metavar="LIST", help="Comma-separated seeds.", show_default="the preset's: 0,1 quick, 0,1,2 else")
@@ -36,8 +36,9 @@ def _names(text: str | None) -> tuple[str, ...] | None:
 @click.option("--quiet", is_flag=True, help="No progress lines.")
 def seg_effect(out: Path, preset: str, quick: bool, models: str | None, modes: str | None, seeds: str | None,
                device: str, threads: int, quiet: bool) -> None:
-    """What the adversarial segmentation loss does, in the shapes world: CycleGAN and Pix2Pix with
-    --advseg none / both x --seg-grad compat, soft, straight, over seeds; scored on held-out sketches by an
+    """What the adversarial segmentation loss does, in the shapes world: CycleGAN and Pix2Pix (or, with
+    --models, also CUT and FastCUT) with --advseg none / both x --seg-grad compat, soft, straight, over seeds;
+    scored on held-out sketches by an
     independently trained evaluation segmenter (mIoU), per-pixel error and a Fréchet distance. Re-running
     continues where it stopped."""
     import torch

@@ -14,11 +14,13 @@ from advseg_cli.models.advseg import ADVSEG_MODES, MODELS, SEG_GRAD_MODES
 from advseg_cli.models.networks import GENERATOR_ARCHS, NORMS
 from advseg_cli.models.perceptual import PERCEPTUAL_LAYERS
 
+# CUT's numeric options are plain click types: the model config refuses a bad value in one line naming the option.
 # Options that configure the model; passed on only when given, so each model keeps its own
 # defaults (lambda_seg 10 for CycleGAN and 100 for Pix2Pix, instance vs batch norm, ...).
 MODEL_OPTIONS = ("arch", "ngf", "ndf", "n_layers_d", "norm", "dropout", "gan_mode", "advseg", "lambda_seg",
                  "seg_grad", "pool_size", "lambda_a", "lambda_b", "lambda_identity", "lambda_l1", "lambda_tv",
-                 "lambda_feat", "perceptual_layer")
+                 "lambda_feat", "perceptual_layer", "lambda_gan", "lambda_nce", "nce_idt", "nce_layers", "num_patches",
+                 "nce_t", "netf_nc", "flip_equivariance")
 
 
 def _default_workers() -> int:
@@ -31,7 +33,8 @@ def _default_workers() -> int:
 @click.option("--runs-dir", type=click.Path(path_type=Path, file_okay=False), default=Path("runs"), show_default=True,
               help="Folder that holds the run folders.")
 @click.option("--model", type=click.Choice(list(MODELS)), default="cyclegan", show_default=True,
-              help="cyclegan: unpaired trainA/trainB; pix2pix, autopainter: pairs with the same relative path.")
+              help="cyclegan, cut, fastcut: unpaired trainA/trainB; pix2pix, autopainter: pairs with the same "
+                   "relative path.")
 @click.option("--sketches", type=click.Path(path_type=Path, file_okay=False), show_default="DATA/trainA",
               help="Sketch folder.")
 @click.option("--photos", type=click.Path(path_type=Path, file_okay=False), show_default="DATA/trainB",
@@ -74,6 +77,19 @@ def _default_workers() -> int:
               show_default="relu3_2", help="AutoPainter: the VGG16 activations the feature loss compares.")
 @click.option("--perceptual-weights", type=click.Path(path_type=Path, dir_okay=False),
               show_default="ADVSEG_HOME or torch hub's cache", help="AutoPainter: torchvision's vgg16-397923af.pth.")
+@click.option("--lambda-gan", type=float, show_default="1", help="CUT / FastCUT: weight of the GAN loss.")
+@click.option("--lambda-nce", type=float, show_default="1 cut, 10 fastcut",
+              help="CUT / FastCUT: weight of the PatchNCE loss; 0: off.")
+@click.option("--nce-idt/--no-nce-idt", default=None, show_default="on cut, off fastcut",
+              help="CUT / FastCUT: the identity PatchNCE term on photos.")
+@click.option("--nce-layers", show_default="0,4,7,10,14",
+              help="CUT / FastCUT: generator layers PatchNCE compares (pixels, the two downsampling convs, "
+                   "residual blocks 1 and 5).")
+@click.option("--num-patches", type=int, show_default="256", help="CUT / FastCUT: patches sampled per layer.")
+@click.option("--nce-t", type=float, show_default="0.07", help="CUT / FastCUT: temperature of PatchNCE.")
+@click.option("--netf-nc", type=int, show_default="256", help="CUT / FastCUT: width of the patch projection MLP.")
+@click.option("--flip-equivariance/--no-flip-equivariance", default=None, show_default="off cut, on fastcut",
+              help="CUT / FastCUT: random left-right flips of G's input, features flipped back.")
 @click.option("--load-size", type=click.IntRange(min=1), default=286, show_default=True,
               help="Photos and sketches are resized to this square first (bicubic).")
 @click.option("--crop-size", type=click.IntRange(min=1), default=256, show_default=True,
@@ -81,9 +97,9 @@ def _default_workers() -> int:
 @click.option("--no-flip", is_flag=True, help="No random horizontal flips.")
 @click.option("--batch-size", type=click.IntRange(min=1), default=1, show_default=True,
               help="Images per step (per process under torchrun).")
-@click.option("--epochs", type=click.IntRange(min=0), default=100, show_default=True,
+@click.option("--epochs", type=click.IntRange(min=0), show_default="100; cut 200, fastcut 150 (the CUT code's)",
               help="Epochs at the initial rate.")
-@click.option("--epochs-decay", type=click.IntRange(min=0), default=100, show_default=True,
+@click.option("--epochs-decay", type=click.IntRange(min=0), show_default="100; cut 200, fastcut 50 (the CUT code's)",
               help="Epochs of linear decay.")
 @click.option("--lr", type=click.FloatRange(min=0, min_open=True), default=2e-4, show_default=True,
               help="Adam learning rate of generators and discriminators.")
@@ -122,7 +138,7 @@ def _default_workers() -> int:
 @click.option("--dry-run", is_flag=True, help="Print the resolved configuration as JSON and exit.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 def train(data: Path | None, **options: Any) -> None:
-    """Train CycleGAN, Pix2Pix or AutoPainter (+ AdvSegLoss) on sketches and photos.
+    """Train CycleGAN, Pix2Pix, AutoPainter, CUT or FastCUT (+ AdvSegLoss) on sketches and photos.
 
     DATA is a folder with trainA/ (sketches) and trainB/ (photos), as in the CycleGAN code base;
     --sketches/--photos name the folders directly. With --resume, the run's own config.json supplies
@@ -176,12 +192,20 @@ def _new_config(data: Path | None, options: dict[str, Any]) -> Any:
         raise AdvsegError("give DATA (with trainA/ and trainB/) or both --sketches and --photos")
     model_options = {key: options.pop(key) for key in MODEL_OPTIONS}
     model_options = {key: value for key, value in model_options.items() if value is not None}
+    _fill_schedule_defaults(options)
     segcache = options.pop("segcache")
     if segcache is None and data is not None and (data / "segmaps.h5").exists() \
             and model_options.get("advseg", "none") != "none":
         segcache = data / "segmaps.h5"
     return TrainConfig(sketches=sketches, photos=photos, model_options=model_options, segcache=segcache,
                        flip=not options.pop("no_flip"), compile=options.pop("compile_"), **options).validate()
+
+
+def _fill_schedule_defaults(options: dict[str, Any]) -> None:
+    """--epochs / --epochs-decay not given: the model's public schedule (CUT and FastCUT have their own)."""
+    epochs, decay = MODELS[options["model"]][1].default_schedule
+    options["epochs"] = epochs if options["epochs"] is None else options["epochs"]
+    options["epochs_decay"] = decay if options["epochs_decay"] is None else options["epochs_decay"]
 
 
 _PATH_FIELDS = ("sketches", "photos", "runs_dir", "segcache", "seg_weights", "perceptual_weights", "init_from")

@@ -1,5 +1,6 @@
-"""CycleGAN and Pix2Pix with the adversarial segmentation loss (Hicsonmez et al., ICIP 2021), and the
-paper's paired baseline AutoPainter (Liu et al., 2017), which takes the same segmentation terms.
+"""CycleGAN and Pix2Pix with the adversarial segmentation loss (Hicsonmez et al., ICIP 2021), the
+paper's paired baseline AutoPainter (Liu et al., 2017), which takes the same segmentation terms, and the
+one-sided CUT / FastCUT (Park et al., ECCV 2020) with the same terms as CycleGAN's.
 
 Each model is an ``nn.Module`` that holds its networks and its image pools, and computes named loss
 terms. It holds no optimizer, scheduler or gradient scaler: the training loop owns those (and AMP,
@@ -63,6 +64,7 @@ from advseg_cli.models.networks import (
     init_weights,
     set_requires_grad,
 )
+from advseg_cli.models.patchnce import PatchProjection, encoder_features, parse_layers, patch_nce_loss
 from advseg_cli.segmentation.classes import NUM_CLASSES
 from advseg_cli.segmentation.maps import binary_from_labels, binary_from_probs, one_hot
 
@@ -237,6 +239,8 @@ class AdvSegModel(nn.Module):
     image_discriminator_names: ClassVar[tuple[str, ...]]
     paired: ClassVar[bool]  # trains on (sketch, photo) pairs with the same relative path
     uses_perceptual: ClassVar[bool] = False  # takes a frozen feature network (AutoPainter)
+    discriminators_first: ClassVar[bool] = False  # the loop's order: D step before G step (CUT's public order)
+    default_schedule: ClassVar[tuple[int, int]] = (100, 100)  # public epochs at the initial rate, then of decay
 
     def __init__(self, config: Any, seg: nn.Module | None, pool_seed: int) -> None:
         super().__init__()
@@ -296,6 +300,16 @@ class AdvSegModel(nn.Module):
 
     def discriminator_parameters(self) -> list[nn.Parameter]:
         return [p for net in self.discriminator_modules() for p in net.parameters()]
+
+    def late_parameter_groups(self) -> dict[str, list[nn.Parameter]]:
+        """Parameter groups created after construction (CUT's projection head, on the first batch), by name.
+
+        The loop gives each its own optimizer and scheduler once it exists (empty for most models).
+        """
+        return {}
+
+    def data_dependent_initialize(self, batch: Batch) -> None:
+        """Create what needs a batch to know its shape (CUT's projection head); nothing for most models."""
 
     def set_discriminators_trainable(self, flag: bool) -> None:
         """requires_grad of every discriminator (image and segmentation) on or off."""
@@ -537,14 +551,225 @@ class AutoPainterAdvSeg(Pix2PixAdvSeg):
         return self._with_total(terms)
 
 
+@dataclasses.dataclass(frozen=True)
+class CUTConfig:
+    """CUT (+ AdvSegLoss); defaults are the public CUT code's (docs/training.md names the file of each).
+
+    ``nce_layers`` are indices into our ResNet generator's ``model`` Sequential. The public default
+    '0,4,8,12,16' counts layers of its anti-aliased generator and means, in its authors' words, "the pixel
+    layer, output of downsampling conv layers, and output of resnet layers" (the 1st and 5th block). Our
+    generator (CycleGAN's, stride-2 convolutions without blur) has those layers at 0, 4, 7, 10 and 14.
+    """
+
+    arch: str = "resnet_9blocks"  # generator G: resnet_9blocks | resnet_6blocks (the NCE layers need a ResNet)
+    ngf: int = 64  # generator width
+    ndf: int = 64  # discriminator width
+    n_layers_d: int = 3  # PatchGAN stride-2 layers (70x70 patches; the public netD 'basic')
+    norm: str = "instance"  # normalisation of G and D (public normG, normD: instance)
+    dropout: bool = False  # dropout in G's residual blocks (public no_dropout True)
+    sketch_channels: int = 3  # channels of domain A (sketches gray-replicated to RGB, public input_nc 3)
+    photo_channels: int = 3  # channels of domain B
+    gan_mode: str = "lsgan"  # adversarial loss (public gan_mode lsgan)
+    lambda_gan: float = 1.0  # weight of GAN(D(G(A))) in G's loss (public lambda_GAN)
+    lambda_nce: float = 1.0  # weight of the PatchNCE loss (public lambda_NCE: CUT 1, FastCUT 10); 0: off
+    nce_idt: bool = True  # also PatchNCE(B, G(B)), each term weighted 0.5 (public nce_idt: CUT on, FastCUT off)
+    nce_layers: str = "0,4,7,10,14"  # G layers whose features PatchNCE compares (public '0,4,8,12,16', see above)
+    num_patches: int = 256  # patches sampled per layer and image (public num_patches)
+    nce_t: float = 0.07  # temperature of the PatchNCE logits (public nce_T)
+    netf_nc: int = 256  # output width of the projection MLPs (public netF_nc, netF mlp_sample)
+    flip_equivariance: bool = False  # flip the input at random, flip the output's features back (FastCUT)
+    pool_size: int = 0  # history of generated images for D (public CUT: 0, no pool)
+    advseg: str = "none"  # segmentation discriminators: none | multi (D_M) | binary (D_Bin) | both
+    lambda_seg: float = 10.0  # weight of each segmentation term (no public value: CycleGAN + AdvSegLoss's 10)
+    seg_grad: str = "soft"  # maps of generated photos: soft (differentiable) | compat (hard, no gradient)
+    seg_pool_dtype: str = "float16"  # storage dtype of the map pools (used only when pool_size > 0)
+    init_type: str = "xavier"  # weight init of G, D and the projection head (public init_type xavier)
+    init_gain: float = 0.02  # its gain (public init_gain)
+
+    def validate(self) -> CUTConfig:
+        _validate_common(self)
+        if not self.arch.startswith("resnet"):
+            raise AdvsegError(f"--arch {self.arch}: CUT's PatchNCE reads the encoder layers of a ResNet generator; "
+                              "use --arch resnet_9blocks or resnet_6blocks")
+        try:
+            layers = parse_layers(self.nce_layers)
+        except ValueError as exc:
+            raise AdvsegError(f"--nce-layers: {exc}") from None
+        encoder_layers = 10 + (9 if self.arch == "resnet_9blocks" else 6)  # stem + 2 downsamplings + the blocks
+        if layers[-1] >= encoder_layers:
+            raise AdvsegError(f"--nce-layers: {self.arch}'s encoder has layers 0..{encoder_layers - 1}, "
+                              f"got {layers[-1]}")
+        for field in ("num_patches", "netf_nc"):
+            if getattr(self, field) < 1:
+                raise AdvsegError(f"{_flag(field)}: must be at least 1, got {getattr(self, field)}")
+        if self.nce_t <= 0:
+            raise AdvsegError(f"--nce-t: the temperature must be positive, got {self.nce_t}")
+        if self.nce_idt and self.lambda_nce > 0 and self.sketch_channels != self.photo_channels:
+            raise AdvsegError(f"--nce-idt: the identity term feeds photos to G, which needs as many sketch as photo "
+                              f"channels ({self.sketch_channels} vs {self.photo_channels}); use --no-nce-idt")
+        return self
+
+
+@dataclasses.dataclass(frozen=True)
+class FastCUTConfig(CUTConfig):
+    """FastCUT: CUT with the public ``--CUT_mode FastCUT`` defaults (NCE weight 10, no identity term, flips)."""
+
+    lambda_nce: float = 10.0  # public FastCUT lambda_NCE
+    nce_idt: bool = False  # public FastCUT nce_idt
+    flip_equivariance: bool = True  # public FastCUT flip_equivariance
+
+    def validate(self) -> FastCUTConfig:
+        super().validate()
+        return self
+
+
+@dataclasses.dataclass
+class CUTFakes:
+    """G's outputs of one step (graph attached), shared by the G and D losses."""
+
+    fake_B: Tensor  # G(real_A), of the flipped sketch when ``flipped``
+    idt_B: Tensor | None  # G(real_B) (flipped likewise) when the identity NCE term is on
+    flipped: bool  # this step's flip-equivariance coin: the inputs were flipped left-right
+    fake_B_maps: dict[str, Tensor]  # "multi" / "binary" segmentation maps of fake_B
+
+
+class CUTAdvSeg(AdvSegModel):
+    """Unpaired, one-sided: G (sketch -> photo), D (photos), the projection head F, + D_M / D_Bin on maps alone.
+
+    Generator loss: lambda_gan GAN(D(G(A))) + lambda_nce PatchNCE(A, G(A)) (with the identity term: 0.5 each
+    of PatchNCE(A, G(A)) and PatchNCE(B, G(B))) + lambda_seg GAN(D_K(map_K(G(A)))) per segmentation
+    discriminator K, as in CycleGAN + AdvSegLoss. PatchNCE averages its layers' mean patch losses. Order of
+    a step as in the public code: D first, then G and F together.
+    """
+
+    name = "cut"
+    generator_names = ("G",)
+    image_discriminator_names = ("D",)
+    paired = False
+    discriminators_first = True
+    default_schedule = (200, 200)  # public n_epochs, n_epochs_decay
+
+    def __init__(self, config: CUTConfig | None = None, seg: nn.Module | None = None, pool_seed: int = 0) -> None:
+        super().__init__(config or self._default_config(), seg, pool_seed)
+        c = self.config
+        self.nce_layer_ids = parse_layers(c.nce_layers)
+        self.G = init_weights(define_generator(c.arch, c.sketch_channels, c.photo_channels, c.ngf, c.norm, c.dropout),
+                              c.init_type, c.init_gain)
+        self.D = init_weights(define_discriminator(c.photo_channels, c.ndf, c.n_layers_d, c.norm),
+                              c.init_type, c.init_gain)
+        self.F = PatchProjection(c.netf_nc, c.init_type, c.init_gain)  # empty until the first batch
+        self._add_pool("fake_B")
+        self._build_seg_discriminators(conditioning_channels=0)
+
+    @staticmethod
+    def _default_config() -> CUTConfig:
+        return CUTConfig()
+
+    # -- the lazily created projection head
+    def data_dependent_initialize(self, batch: Batch) -> None:
+        """Create F's MLPs from the widths of G's encoder features on this batch (the public code's first batch)."""
+        if self.config.lambda_nce > 0 and not self.F.initialised:
+            with torch.no_grad():
+                self.F.create(encoder_features(self.G, batch["real_A"][:1], self.nce_layer_ids))
+
+    def late_parameter_groups(self) -> dict[str, list[nn.Parameter]]:
+        """F gets its own optimizer once it exists and the NCE loss is on (public: only when lambda_NCE > 0)."""
+        if self.config.lambda_nce > 0 and self.F.initialised:
+            return {"F": list(self.F.parameters())}
+        return {}
+
+    def load_state_dict(self, state_dict: Mapping[str, Any], strict: bool = True, assign: bool = False) -> Any:
+        """A checkpoint holds F's weights; build its MLPs from their shapes first (a resume has no batch yet)."""
+        if not self.F.initialised and any(key.startswith("F.mlps.") for key in state_dict):
+            self.F.create_from_state(state_dict, "F.", next(self.G.parameters()).device)
+        return super().load_state_dict(state_dict, strict=strict, assign=assign)
+
+    # -- one step
+    def translate(self, batch: Batch) -> CUTFakes:
+        """G on the sketches (and the photos, for the identity term) in one batch, as the public forward."""
+        c, real_A = self.config, batch["real_A"]
+        identity = c.nce_idt and c.lambda_nce > 0
+        real = torch.cat([real_A, batch["real_B"]], 0) if identity else real_A
+        flipped = self.training and c.flip_equivariance and bool(torch.rand(()) < 0.5)  # global RNG: resumable
+        if flipped:
+            real = torch.flip(real, [3])
+        fake = self.G(real)
+        fake_B = fake[:real_A.shape[0]]
+        return CUTFakes(fake_B=fake_B, idt_B=fake[real_A.shape[0]:] if identity else None, flipped=flipped,
+                        fake_B_maps=self.fake_maps(fake_B))
+
+    def patch_nce(self, source: Tensor, output: Tensor, flipped: bool) -> Tensor:
+        """PatchNCE between G's encoder features of ``source`` (keys) and of ``output`` (queries), layer mean.
+
+        With ``flipped``, ``output`` was made from the flipped source: its features are flipped back so that
+        positions correspond (flip equivariance). The sampled positions come from the keys' maps.
+        """
+        queries = encoder_features(self.G, output, self.nce_layer_ids)
+        if flipped:
+            queries = [torch.flip(feature, [3]) for feature in queries]
+        keys = encoder_features(self.G, source, self.nce_layer_ids)
+        positions = self.F.sample_positions(keys, self.config.num_patches)
+        projected_keys = self.F(keys, positions)
+        projected_queries = self.F(queries, positions)
+        losses = [patch_nce_loss(q, k, source.shape[0], self.config.nce_t).mean()
+                  for q, k in zip(projected_queries, projected_keys)]
+        return torch.stack(losses).mean()
+
+    def generator_losses(self, batch: Batch, fakes: CUTFakes | None = None,
+                         freeze_discriminators: bool = True) -> dict[str, Tensor]:
+        """Weighted terms G_GAN, NCE, (NCE_Y), (G_M, G_Bin) and their 'total'."""
+        if freeze_discriminators:
+            self.set_discriminators_trainable(False)
+        c, gan = self.config, self.criterion_gan
+        fakes = fakes if fakes is not None else self.translate(batch)
+        terms = {"G_GAN": c.lambda_gan * gan(self.D(fakes.fake_B), True)}
+        if c.lambda_nce > 0:
+            weight = c.lambda_nce * (0.5 if fakes.idt_B is not None else 1.0)
+            terms["NCE"] = weight * self.patch_nce(batch["real_A"], fakes.fake_B, fakes.flipped)
+            if fakes.idt_B is not None:
+                terms["NCE_Y"] = weight * self.patch_nce(batch["real_B"], fakes.idt_B, fakes.flipped)
+        for kind in self.seg_kinds:
+            D_seg = getattr(self, self._seg_discriminator_name(kind))
+            terms["G_" + _SEG_LOSS_NAMES[kind]] = c.lambda_seg * gan(D_seg(fakes.fake_B_maps[kind]), True)
+        return self._with_total(terms)
+
+    def discriminator_losses(self, batch: Batch, fakes: CUTFakes | None = None) -> dict[str, Tensor]:
+        """Terms D, (D_M, D_Bin), each 0.5 * (real + pooled fake), and their 'total'."""
+        self.set_discriminators_trainable(True)
+        if fakes is None:
+            with torch.no_grad():
+                fakes = self.translate(batch)
+        gan, real_B = self.criterion_gan, batch["real_B"]
+        terms = {"D": discriminator_loss(gan, self.D(real_B), self.D(self.pools["fake_B"].query(fakes.fake_B)))}
+        real_maps = self.real_maps(batch, fakes.fake_B)
+        for kind in self.seg_kinds:
+            D_seg = getattr(self, self._seg_discriminator_name(kind))
+            pooled = self.pools[f"seg_{kind}"].query(fakes.fake_B_maps[kind])
+            terms["D_" + _SEG_LOSS_NAMES[kind]] = discriminator_loss(gan, D_seg(real_maps[kind]), D_seg(pooled))
+        return self._with_total(terms)
+
+
+class FastCUTAdvSeg(CUTAdvSeg):
+    """FastCUT: the same model with FastCUT's defaults (FastCUTConfig) and its shorter public schedule."""
+
+    name = "fastcut"
+    default_schedule = (150, 50)  # public FastCUT n_epochs, n_epochs_decay
+
+    @staticmethod
+    def _default_config() -> CUTConfig:
+        return FastCUTConfig()
+
+
 MODELS: dict[str, tuple[type, type[AdvSegModel]]] = {
     "cyclegan": (CycleGANConfig, CycleGANAdvSeg),
     "pix2pix": (Pix2PixConfig, Pix2PixAdvSeg),
     "autopainter": (AutoPainterConfig, AutoPainterAdvSeg),
+    "cut": (CUTConfig, CUTAdvSeg),
+    "fastcut": (FastCUTConfig, FastCUTAdvSeg),
 }
 
 
-def model_config(model: str, **options: Any) -> CycleGANConfig | Pix2PixConfig | AutoPainterConfig:
+def model_config(model: str, **options: Any) -> CycleGANConfig | Pix2PixConfig | AutoPainterConfig | CUTConfig:
     """The validated config of ``model`` with its public-code defaults, overridden by ``options``.
 
     The CLI passes only the options the user gave, so each model keeps its own defaults (e.g.
@@ -561,7 +786,8 @@ def model_config(model: str, **options: Any) -> CycleGANConfig | Pix2PixConfig |
 
 def build_model(model: str, config: Any = None, seg: nn.Module | None = None, pool_seed: int = 0,
                 perceptual: nn.Module | None = None) -> AdvSegModel:
-    """Build ``model`` ('cyclegan' | 'pix2pix' | 'autopainter') with ``config`` (its defaults when None).
+    """Build ``model`` (a name of MODELS: cyclegan, pix2pix, autopainter, cut, fastcut) with ``config`` (its
+    defaults when None).
 
     ``perceptual`` (the frozen VGG16 features) is for AutoPainter only.
     """

@@ -50,7 +50,7 @@ class TrainConfig:
     name: str  # run folder name under runs_dir
     sketches: Path  # domain A folder (trainA)
     photos: Path  # domain B folder (trainB)
-    model: str = "cyclegan"  # cyclegan (unpaired) | pix2pix, autopainter (paired: same relative paths)
+    model: str = "cyclegan"  # cyclegan, cut, fastcut (unpaired) | pix2pix, autopainter (paired: same relative paths)
     model_options: dict[str, Any] = dataclasses.field(default_factory=dict)  # overrides of the model's defaults
     runs_dir: Path = Path("runs")
     segcache: Path | None = None  # HDF5 label maps of the photos (needed by --advseg multi/binary/both)
@@ -183,6 +183,14 @@ def average_gradients(parameters: list[torch.nn.Parameter], world: int) -> None:
     for grad in grads:
         grad.copy_(flat[offset:offset + grad.numel()].view_as(grad))
         offset += grad.numel()
+
+
+def broadcast_tensors(tensors: list[Tensor], world: int) -> None:
+    """Rank 0's values of ``tensors`` on every rank (for parts a model creates after the start)."""
+    if world == 1:
+        return
+    for tensor in tensors:
+        dist.broadcast(tensor.data, 0)
 
 
 def broadcast_parameters(model: torch.nn.Module, world: int) -> None:
@@ -443,6 +451,8 @@ class Trainer:
         decay = linear_decay_factor(config.epochs, config.epochs_decay)
         self.sched_G = torch.optim.lr_scheduler.LambdaLR(self.opt_G, decay)
         self.sched_D = torch.optim.lr_scheduler.LambdaLR(self.opt_D, decay)
+        self.late_optimizers: dict[str, torch.optim.Optimizer] = {}  # CUT's F: joins once the first batch made it
+        self.late_schedulers: dict[str, torch.optim.lr_scheduler.LambdaLR] = {}
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=config.precision == "fp16")
         self.position = Position()
         self.folder = RunFolder(config, enabled=self.ddp.is_main)
@@ -483,9 +493,16 @@ class Trainer:
         except AdvsegError:
             load_public_generator(Path(path), generator)  # raises a clear error for other files
             return
-        prefix = self.model.generator_names[0] + "."
+        # The source run's sketch -> photo generator (G_A of a CycleGAN run can seed CUT's G, and back).
+        source = MODELS.get(payload.get("model_name"), MODELS[self.config.model])[1]
+        prefix = source.generator_names[0] + "."
         state = {k[len(prefix):]: v for k, v in payload["model"].items() if k.startswith(prefix)}
-        generator.load_state_dict(state)
+        try:
+            generator.load_state_dict(state)
+        except RuntimeError as exc:
+            raise AdvsegError(f"--init-from {path}: its {prefix[:-1]} does not fit this run's generator "
+                              f"({generator.spec.options()}); give the options it was trained with "
+                              f"({str(exc).strip().splitlines()[0]})") from None
 
     def _restore(self, payload: dict[str, Any]) -> None:
         if payload["model_name"] != self.config.model:
@@ -494,10 +511,11 @@ class Trainer:
             raise AdvsegError("--resume: the model options differ from the checkpoint's; resume with the same options")
         self.model.load_state_dict(payload["model"])
         self.model.load_pools_state_dict(payload["pools"])
-        self.opt_G.load_state_dict(payload["optimizers"]["G"])
-        self.opt_D.load_state_dict(payload["optimizers"]["D"])
-        self.sched_G.load_state_dict(payload["schedulers"]["G"])
-        self.sched_D.load_state_dict(payload["schedulers"]["D"])
+        self._join_late_optimizers()
+        for name, optimizer in [("G", self.opt_G), ("D", self.opt_D), *self.late_optimizers.items()]:
+            optimizer.load_state_dict(payload["optimizers"][name])
+        for name, scheduler in [("G", self.sched_G), ("D", self.sched_D), *self.late_schedulers.items()]:
+            scheduler.load_state_dict(payload["schedulers"][name])
         self.scaler.load_state_dict(payload["scaler"])
         restore_rng_states(payload["rng"], self.device)
         self.position = Position(**payload["position"])
@@ -509,8 +527,10 @@ class Trainer:
             "train_config": self.config.to_json(),
             "model": self.model.state_dict(),
             "pools": self.model.pools_state_dict(),
-            "optimizers": {"G": self.opt_G.state_dict(), "D": self.opt_D.state_dict()},
-            "schedulers": {"G": self.sched_G.state_dict(), "D": self.sched_D.state_dict()},
+            "optimizers": {"G": self.opt_G.state_dict(), "D": self.opt_D.state_dict(),
+                           **{name: opt.state_dict() for name, opt in self.late_optimizers.items()}},
+            "schedulers": {"G": self.sched_G.state_dict(), "D": self.sched_D.state_dict(),
+                           **{name: sched.state_dict() for name, sched in self.late_schedulers.items()}},
             "scaler": self.scaler.state_dict(),
             "rng": rng_states(self.device),
             "position": dataclasses.asdict(self.position),
@@ -526,31 +546,71 @@ class Trainer:
         if epoch_snapshot:
             save_checkpoint(self.folder.checkpoints / f"epoch_{self.position.epoch - 1:03d}.pt", payload)
 
+    # -- parts created on the first batch (CUT's projection head)
+    def _join_late_optimizers(self) -> None:
+        """Give each parameter group the model created after construction its own Adam and schedule.
+
+        As in the public CUT code, where ``data_dependent_initialize`` appends the projection head's
+        optimizer to the list that later gets the schedulers: same lr, betas and linear policy as G's.
+        """
+        for name, parameters in self.model.late_parameter_groups().items():
+            if name in self.late_optimizers:
+                continue
+            broadcast_tensors(parameters, self.ddp.world)
+            optimizer = torch.optim.Adam(parameters, lr=self.config.lr, betas=(self.config.beta1, 0.999))
+            self.late_optimizers[name] = optimizer
+            self.late_schedulers[name] = torch.optim.lr_scheduler.LambdaLR(
+                optimizer, linear_decay_factor(self.config.epochs, self.config.epochs_decay))
+
     # -- one step
     def step(self, batch: dict[str, Any]) -> dict[str, Tensor]:
-        """Generators, then discriminators, on the same generated images (the public code's order)."""
+        """Generators and discriminators on the same generated images, in the model's public order
+        (CycleGAN, Pix2Pix: G then D; CUT: D then G with F)."""
         model, device, precision = self.model, self.device, self.config.precision
+        if not self.late_optimizers:
+            model.data_dependent_initialize(batch)
+            self._join_late_optimizers()
         with autocast(device, precision):
             fakes = model.translate(batch)
-            g = model.generator_losses(batch, fakes)
-        measured = {}
-        if self.config.log_seg_grad_norm and model.seg_kinds and (self.position.step + 1) % self.config.log_every == 0:
-            measured["grad/G_seg_norm"] = segmentation_gradient_norm(model, g)
-        self.opt_G.zero_grad(set_to_none=True)
-        self.scaler.scale(g["total"]).backward()
-        average_gradients(model.generator_parameters(), self.ddp.world)
-        self.scaler.step(self.opt_G)
-        with autocast(device, precision):
-            d = model.discriminator_losses(batch, fakes)
-        self.opt_D.zero_grad(set_to_none=True)
-        self.scaler.scale(d["total"]).backward()
-        average_gradients(model.discriminator_parameters(), self.ddp.world)
-        self.scaler.step(self.opt_D)
+        if model.discriminators_first:
+            d = self._update_discriminators(batch, fakes)
+            g, measured = self._update_generators(batch, fakes)
+        else:
+            g, measured = self._update_generators(batch, fakes)
+            d = self._update_discriminators(batch, fakes)
         self.scaler.update()
         terms = {f"loss/{k}": v.detach() for k, v in g.items() if k != "total"}
         terms.update({f"loss/{k}": v.detach() for k, v in d.items() if k != "total"})
         terms["loss/G_total"], terms["loss/D_total"] = g["total"].detach(), d["total"].detach()
         return {**terms, **measured}
+
+    def _update_generators(self, batch: dict[str, Any], fakes: Any) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
+        """The generator losses, their backward and the step of opt_G (and of the late optimizers)."""
+        model = self.model
+        with autocast(self.device, self.config.precision):
+            g = model.generator_losses(batch, fakes)
+        measured = {}
+        if self.config.log_seg_grad_norm and model.seg_kinds and (self.position.step + 1) % self.config.log_every == 0:
+            measured["grad/G_seg_norm"] = segmentation_gradient_norm(model, g)
+        optimizers = [self.opt_G, *self.late_optimizers.values()]
+        for optimizer in optimizers:
+            optimizer.zero_grad(set_to_none=True)
+        self.scaler.scale(g["total"]).backward()
+        late = [p for group in model.late_parameter_groups().values() for p in group]
+        average_gradients(model.generator_parameters() + late, self.ddp.world)
+        for optimizer in optimizers:
+            self.scaler.step(optimizer)
+        return g, measured
+
+    def _update_discriminators(self, batch: dict[str, Any], fakes: Any) -> dict[str, Tensor]:
+        """The discriminator losses (detached, pooled fakes), their backward and the step of opt_D."""
+        with autocast(self.device, self.config.precision):
+            d = self.model.discriminator_losses(batch, fakes)
+        self.opt_D.zero_grad(set_to_none=True)
+        self.scaler.scale(d["total"]).backward()
+        average_gradients(self.model.discriminator_parameters(), self.ddp.world)
+        self.scaler.step(self.opt_D)
+        return d
 
     def _check_finite(self, values: dict[str, float]) -> None:
         bad = [k for k, v in values.items() if not math.isfinite(v)]
@@ -623,8 +683,8 @@ class Trainer:
                 f"{self.config.run_dir / 'checkpoints' / 'latest.pt'}; continue with: {resume_command(self.config)}")
 
     def _end_epoch(self, epoch: int) -> None:
-        self.sched_G.step()
-        self.sched_D.step()
+        for scheduler in [self.sched_G, self.sched_D, *self.late_schedulers.values()]:
+            scheduler.step()
         self.position = Position(self.position.step, epoch + 1, 0)
         snapshot = epoch % self.config.save_epoch_every == 0 or epoch == self.config.total_epochs
         if snapshot:

@@ -150,3 +150,23 @@ def test_make_help_lists_every_variable_a_user_may_set() -> None:
                            timeout=60).stdout
     listed = re.findall(r"^  ([A-Z][A-Z0-9_]*) ", shown, re.M)
     assert "VGG16" in names and listed == names
+
+
+def test_make_n_runs_cut_columns_with_their_own_schedule() -> None:
+    def dry(*variables: str) -> str:
+        result = subprocess.run(["make", "--no-print-directory", "-n", "-C", str(REPO), "reproduce", "DATASET=sheep",
+                                 "NEED_INSTALL=", "DATA_ROOT=/nonexistent/datasets", *variables],
+                                capture_output=True, text=True, timeout=60)
+        assert result.returncode == 0, result.stderr
+        return result.stdout
+
+    lines = dry("METHODS=cut fastcut-both")
+    trains = lines.split(" train ")[1:]
+    assert len(trains) == 2 and "--name cut --runs-dir runs/sheep --model cut --advseg none " in trains[0]
+    assert "--name fastcut-both --runs-dir runs/sheep --model fastcut --advseg both " in trains[1]
+    assert "--epochs" not in lines  # each model's public schedule (CUT 200+200, FastCUT 150+50)
+    assert "--need seg:panoptic-fpn" in lines and lines.count(" segcache ") == 1
+    plain = dry("METHODS=cut fastcut")
+    assert "--need seg:" not in plain and " segcache " not in plain  # no map discriminators, no Seg
+    assert plain.count("--epochs 100 --epochs-decay 100") == 0
+    assert dry("METHODS=cut", "CUT_SCHEDULE=table", "EPOCHS=7").count("--epochs 7 --epochs-decay 100") == 1

@@ -113,3 +113,25 @@ def test_spread_of_one_seed_is_zero_and_of_none_is_nothing() -> None:
 def test_unknown_modes_are_refused_before_any_work(tmp_path: Path) -> None:
     result = CliRunner().invoke(main, ["experiment", "seg-effect", str(tmp_path / "x"), "--quick", "--modes", "sharp"])
     assert result.exit_code == 2 and "--modes" in result.output and not (tmp_path / "x").exists()
+
+
+@requires_hed_weights
+def test_cut_and_fastcut_are_models_of_the_experiment(quick_run: tuple[Path, dict, str], tmp_path: Path) -> None:
+    """--models cut,fastcut on a copy of the prepared world: their runs are scored like the others', and the
+    soft maps' gradient reaches their generator. The default model list (and so its runtime) is unchanged."""
+    import shutil
+
+    out, _, _ = quick_run
+    copy = tmp_path / "cut"
+    for part in ("world", "seg"):
+        shutil.copytree(out / part, copy / part)
+    result = CliRunner().invoke(main, ["experiment", "seg-effect", str(copy), "--quick", "--device", "cpu", "--quiet",
+                                       "--models", "cut,fastcut", "--modes", "none,soft", "--seeds", "0"])
+    assert result.exit_code == 0, result.output
+    rows = json.loads((copy / "results.json").read_text())["rows"]
+    assert {(r["model"], r["mode"], r["step"]) for r in rows} == {
+        (m, mode, step) for m in ("cut", "fastcut") for mode in ("none", "soft") for step in QUICK.eval_steps}
+    for row in rows:
+        assert 0.0 <= row["miou"] <= 1.0 and math.isfinite(row["frechet"])
+        assert (row["seg_grad_norm"] is None) if row["mode"] == "none" else row["seg_grad_norm"] > 0.0
+    assert "| fastcut | soft |" in result.output and QUICK.models == ("cyclegan", "pix2pix")

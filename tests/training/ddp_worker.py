@@ -1,4 +1,5 @@
-"""Run under torchrun by test_training.py: train a few steps, save this rank's parameters."""
+"""Run under torchrun by test_training.py (and test_training_cut.py, with a model name): train a few steps,
+save this rank's parameters."""
 
 from __future__ import annotations
 
@@ -15,7 +16,8 @@ from tests.training.test_training import tiny_config
 
 def main() -> None:
     data, out = Path(sys.argv[1]), Path(sys.argv[2])
-    trainer = Trainer(tiny_config(data, out / "runs", name="ddp", max_steps=3, workers=0))
+    model = sys.argv[3] if len(sys.argv) > 3 else "cyclegan"
+    trainer = Trainer(tiny_config(data, out / "runs", name="ddp", model=model, max_steps=3, workers=0))
     trainer.run()
     rank = int(os.environ["RANK"])
     torch.save({k: v.detach().cpu() for k, v in trainer.model.named_parameters()}, out / f"rank{rank}.pt")

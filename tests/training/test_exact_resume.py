@@ -1,5 +1,8 @@
 """Exact resume for every model: 3 steps + ``--resume`` 3 steps leaves the checkpoint of 6 steps straight.
 
+CUT and FastCUT add what only they have: the projection head created on the first batch and its optimizer,
+the random patch positions of every step and FastCUT's flip coin.
+
 Every tensor of the two checkpoints is compared (weights, batch-norm statistics, optimizer and scheduler
 states, image pools, the gradient scaler, the RNG states). The runs are set up so that each thing a resume
 can lose matters: dropout is on (a shifted global RNG changes every later mask), the pools hold 2 images
@@ -73,7 +76,7 @@ def straight_and_resumed(config: Any, runs: Path) -> tuple[dict[str, Any], dict[
 
 
 @pytest.mark.parametrize(("model", "workers"), [("cyclegan", 0), ("pix2pix", 0), ("autopainter", 0),
-                                                ("pix2pix", 2)])
+                                                ("pix2pix", 2), ("cut", 0), ("fastcut", 0)])
 def test_resume_leaves_the_checkpoint_of_an_uninterrupted_run(data: Path, tmp_path: Path, model: str,
                                                              workers: int) -> None:
     extra = {"perceptual_weights": write_vgg16_weights(tmp_path / "vgg.pth")} if model == "autopainter" else {}
@@ -82,9 +85,13 @@ def test_resume_leaves_the_checkpoint_of_an_uninterrupted_run(data: Path, tmp_pa
     a, b = straight_and_resumed(config, tmp_path)
     assert a["schedulers"]["G"]["last_epoch"] == 2 and a["pools"]  # decaying, and the pools were used
     assert_same_tree(a, b)
+    if model in ("cut", "fastcut"):  # the projection head, created on the first batch, and its optimizer
+        assert any(key.startswith("F.mlps.") for key in a["model"]) and a["optimizers"]["F"]["state"]
+        assert a["schedulers"]["F"]["last_epoch"] == 2
 
 
-@pytest.mark.parametrize(("model", "advseg"), [("cyclegan", "both"), ("pix2pix", "multi"), ("cyclegan", "binary")])
+@pytest.mark.parametrize(("model", "advseg"), [("cyclegan", "both"), ("pix2pix", "multi"), ("cyclegan", "binary"),
+                                               ("cut", "both"), ("fastcut", "multi")])
 def test_resume_is_exact_with_the_segmentation_discriminators(data: Path, shapes_segcache: tuple[Path, Path],
                                                              tmp_path: Path, model: str, advseg: str) -> None:
     weights, cache = shapes_segcache
