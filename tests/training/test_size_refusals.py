@@ -32,6 +32,8 @@ CASES = [
     ("unet_128", "pix2pix", 129, 132), ("unet_128", "autopainter", 127, 128), ("unet_128", "autopainter", 128, 128),
     ("unet_256", "cyclegan", 255, 256), ("unet_256", "pix2pix", 256, 256), ("unet_256", "autopainter", 257, 260),
     ("unet_256", "autopainter", 256, 256),
+    ("resnet_9blocks", "cut", 30, 32), ("resnet_9blocks", "cut", 32, 32), ("resnet_6blocks", "fastcut", 23, 24),
+    ("resnet_6blocks", "fastcut", 24, 24),
 ]
 
 
