@@ -174,7 +174,7 @@ def onnx_bytes(network: torch.nn.Module, side: int, opset: int, config: dict[str
     with warnings.catch_warnings(), torch.no_grad():
         warnings.simplefilter("ignore")
         torch.onnx.export(network, (example,), buffer, opset_version=opset, dynamo=False,
-                          input_names=[ONNX_INPUT], output_names=[ONNX_OUTPUT],
+                          training=torch.onnx.TrainingMode.EVAL, input_names=[ONNX_INPUT], output_names=[ONNX_OUTPUT],
                           dynamic_axes={ONNX_INPUT: axes, ONNX_OUTPUT: axes})
     model = onnx.load_model_from_string(buffer.getvalue())
     text = canonical_json(config)

@@ -22,6 +22,7 @@ import dataclasses
 import io
 import os
 import shutil
+import signal
 import tempfile
 import threading
 import warnings
@@ -281,12 +282,18 @@ def private_gradio_folder() -> Iterator[Path]:
         shutil.rmtree(folder, ignore_errors=True)
 
 
+def _stop_on_sigterm(signum: int, frame: Any) -> None:
+    raise KeyboardInterrupt  # Gradio closes its server on it, and private_gradio_folder cleans up
+
+
 def serve(model: Path, config: ServeConfig = ServeConfig()) -> None:
     """Load MODEL (refusing a bad one before any server starts) and serve the page until interrupted."""
     config.validate()
     colorizer = load_colorizer(Path(model), config)
     sketcher = PhotoSketcher(config.hed_weights, colorizer.device if not colorizer.generator.runs_onnx
                              else torch.device("cpu"))
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, _stop_on_sigterm)  # `kill` cleans up like Ctrl-C does
     with private_gradio_folder():
         try:
             import gradio  # noqa: F401
