@@ -200,6 +200,7 @@ def test_a_bad_upload_gets_a_message_and_the_server_keeps_serving(browser: Any, 
     upload_and_click(browser, "sketch", "sketch-file", "colorize-sketch", following)
     assert fetch_image(new_result(browser, before)).shape == (SIZE, SIZE, 3)
     assert answers(server)
+    assert "Traceback" not in (files["root"] / "serve.log").read_text()  # a message for the user, not a crash
 
 
 def test_the_http_api_answers_a_script(server: str, files: dict[str, Path], tmp_path: Path) -> None:
