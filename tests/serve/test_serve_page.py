@@ -12,7 +12,6 @@ import subprocess
 import sys
 import time
 import urllib.request
-import zlib
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -25,6 +24,7 @@ from advseg_cli.colorize import ColorizeConfig, colorize_folder
 from advseg_cli.export import ExportConfig, export_model
 from tests.colorize.kit import CPU, result_of, save_public, tiny_generator, write_sketches
 from tests.helpers import REPO
+from tests.serve.kit import huge_png
 
 pytest.importorskip("gradio", reason="advseg serve needs the serve extra: pip install -e .[serve]")
 webdriver = pytest.importorskip("selenium.webdriver", reason="the browser test needs selenium (the serve extra)")
@@ -56,16 +56,6 @@ def files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     (root / "notes.png").write_text("this is a text file, not a PNG\n")
     huge_png(root / "huge.png", 20000, 20000)
     return {"root": root, "model": root / "model", "sketches": sketches}
-
-
-def huge_png(path: Path, width: int, height: int) -> None:
-    """A valid 1-bit white PNG of width x height, written row by row (400 M pixels in ~0.1 MB, never in RAM)."""
-    def chunk(kind: bytes, data: bytes) -> bytes:
-        return len(data).to_bytes(4, "big") + kind + data + zlib.crc32(kind + data).to_bytes(4, "big")
-    compressor, row = zlib.compressobj(9), b"\0" + b"\xff" * ((width + 7) // 8)
-    body = b"".join(compressor.compress(row) for _ in range(height)) + compressor.flush()
-    header = width.to_bytes(4, "big") + height.to_bytes(4, "big") + bytes([1, 0, 0, 0, 0])
-    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", body) + chunk(b"IEND", b""))
 
 
 @pytest.fixture(scope="module")
@@ -210,3 +200,24 @@ def test_the_http_api_answers_a_script(server: str, files: dict[str, Path], tmp_
     seen, result = client.predict(handle_file(str(files["sketches"] / "astronaut.png")), api_name="/colorize_sketch")
     expected = result_of(colorize_reference(files, files["sketches"], tmp_path / "ref"), "astronaut.png")
     assert_within_one_level(np.asarray(Image.open(result)), expected)
+
+
+def outward_address() -> str | None:
+    """This machine's address on its default route (a UDP connect sends nothing), or None."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+        try:
+            probe.connect(("10.255.255.255", 1))
+        except OSError:
+            return None
+        address = probe.getsockname()[0]
+    return None if address.startswith("127.") else address
+
+
+def test_the_page_listens_on_127_0_0_1_only_by_default(server: str) -> None:
+    address = outward_address()
+    if address is None:
+        pytest.skip("this machine has no non-loopback address to try")
+    port = int(server.rstrip("/").rsplit(":", 1)[1])
+    with pytest.raises(OSError):
+        socket.create_connection((address, port), timeout=3).close()
+    assert answers(server)
