@@ -101,13 +101,33 @@ def export_config(generator: LoadedGenerator, trace_side: int) -> dict[str, Any]
     }
 
 
+def _training_lines(train: dict[str, Any], record: dict[str, Any] | None, step: Any) -> list[str]:
+    """The model card's data and training sections, from the run's config.json and run record."""
+    options = train.get("model_options") or {}
+    segcache = train.get("segcache")
+    status = (record or {}).get("status", "no final run record (stopped early or still running)")
+    return [f"- advseg mode: {options.get('advseg', 'none')} (seg-grad {options.get('seg_grad', 'soft')})",
+            "", "## Training data", "", f"- sketches: `{train.get('sketches')}`", f"- photos: `{train.get('photos')}`",
+            f"- segmentation cache: `{segcache}`" if segcache else "- no segmentation cache",
+            "", "## Training", "",
+            f"- steps: {step}; epochs planned: {train.get('epochs')} + {train.get('epochs_decay')} decay; "
+            f"batch {train.get('batch_size')}; lr {train.get('lr')}; seed {train.get('seed')}",
+            f"- run status: {status}"]
+
+
+def _fid_line(fid: dict[str, Any] | None) -> str:
+    """FID as `advseg fid --json > RUN/fid.json` recorded it, if the run has one."""
+    if not fid or not isinstance(fid.get("fid"), (int, float)):
+        return "- FID: not measured for this run (no fid.json in the run folder)"
+    images = (fid.get("fake") or {}).get("images", "?") if isinstance(fid.get("fake"), dict) else "?"
+    return f"- FID: {fid['fid']:.2f} ({images} generated images; `advseg fid`)"
+
+
 def model_card(config: dict[str, Any], generator: LoadedGenerator) -> str:
     """README.md of a safetensors export: the run record's facts in a model-card shape."""
     source = config["source"]
     run = Path(source["run"]) if source.get("run") else None
     train = _read_json_or_none(run / "config.json") if run else None
-    record = _read_json_or_none(run / FOLDER_RECORD_NAME) if run else None
-    fid = _read_json_or_none(run / "fid.json") if run else None
     spec = generator.spec
     lines = ["---", "library_name: advseg", "tags: [sketch-colorization, image-to-image, gan, advseg]", "---", "",
              f"# Sketch colorizer{': ' + run.name if run else ''}", "",
@@ -119,18 +139,8 @@ def model_card(config: dict[str, Any], generator: LoadedGenerator) -> str:
              f"- trained at crop {config['trained_crop_size']} (resize {config['trained_load_size']}); "
              f"input sides must be multiples of {config['size_multiple']}"]
     if train:
-        options = train.get("model_options") or {}
-        lines += [f"- advseg mode: {options.get('advseg', 'none')} (seg-grad {options.get('seg_grad', 'soft')})",
-                  "", "## Training data", "", f"- sketches: `{train.get('sketches')}`",
-                  f"- photos: `{train.get('photos')}`",
-                  f"- segmentation cache: `{train.get('segcache')}`" if train.get("segcache") else "- no segmentation cache",
-                  "", "## Training", "",
-                  f"- steps: {source.get('step')}; epochs planned: {train.get('epochs')} + {train.get('epochs_decay')} decay; "
-                  f"batch {train.get('batch_size')}; lr {train.get('lr')}; seed {train.get('seed')}",
-                  f"- run status: {(record or {}).get('status', 'no final run record (stopped early or still running)')}"]
-    lines += ["", "## Evaluation", "",
-              f"- FID: {fid['fid']:.2f} ({fid.get('count', '?')} images)" if fid and isinstance(fid.get("fid"), (int, float))
-              else "- FID: not measured for this run (no fid.json in the run folder)",
+        lines += _training_lines(train, _read_json_or_none(run / FOLDER_RECORD_NAME), source.get("step"))
+    lines += ["", "## Evaluation", "", _fid_line(_read_json_or_none(run / "fid.json") if run else None),
               "", "## Provenance", "",
               f"- source checkpoint: `{source.get('checkpoint')}` (sha256 `{source.get('sha256')}`)",
               f"- exported by advseg {__version__}", "", "## Use", "", "```bash",

@@ -72,6 +72,16 @@ def test_the_model_card_and_config_come_from_the_run(run_and_exports: dict[str, 
     assert "advseg mode: none" in card and "FID: not measured" in card
 
 
+def test_the_model_card_quotes_the_runs_fid(run_and_exports: dict[str, Path], tmp_path: Path) -> None:
+    fid_file = run_and_exports["run"] / "fid.json"  # as `advseg fid REAL FAKE --json > RUN/fid.json` leaves it
+    fid_file.write_text(json.dumps({"fid": 123.456, "fake": {"images": 3}}))
+    try:
+        assert invoke_advseg("export", str(run_and_exports["run"]), str(tmp_path / "again")).returncode == 0
+    finally:
+        fid_file.unlink()
+    assert "- FID: 123.46 (3 generated images" in (tmp_path / "again" / "README.md").read_text()
+
+
 def one_line_refusal(*args: object, fragments: tuple[str, ...], stage: str = "colorize") -> None:
     result = invoke_advseg(stage, *map(str, args))
     assert result.returncode == 2, (result.returncode, result.stdout, result.stderr)

@@ -66,7 +66,8 @@ def test_a_photo_gets_the_sketch_advseg_edges_makes(tmp_path: Path) -> None:
 
 def test_a_bad_model_is_refused_before_a_server_starts(tmp_path: Path) -> None:
     (tmp_path / "broken.onnx").write_bytes(b"not onnx")
-    for model, fragment in ((tmp_path / "missing", "no such run folder"), (tmp_path / "broken.onnx", "not a readable ONNX")):
+    for model, fragment in ((tmp_path / "missing", "no such run folder"),
+                            (tmp_path / "broken.onnx", "not a readable ONNX")):
         result = invoke_advseg("serve", str(model), "--port", "1")
         assert result.returncode == 2, result.stderr
         lines = result.stderr.strip().splitlines()

@@ -34,7 +34,8 @@ from selenium.webdriver.common.by import By  # noqa: E402
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 CHROMEDRIVER = shutil.which("chromedriver")
 pytestmark = pytest.mark.skipif(CHROMIUM is None or CHROMEDRIVER is None,
-                                reason="needs Debian's chromium and its driver: `make browser` (apt-get install chromium chromium-driver)")
+                                reason="needs Debian's chromium and its driver: `make browser` "
+                                       "(apt-get install chromium chromium-driver)")
 SIZE = 64  # the page's network side (--size), also colorize's
 SCREENSHOT = os.environ.get("ADVSEG_SERVE_SCREENSHOT")  # also save the page here (docs/images/serve_page.png)
 
