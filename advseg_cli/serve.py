@@ -44,6 +44,10 @@ DEFAULT_PORT = 7860
 DEFAULT_MAX_SIDE = 4096  # uploads with a longer side are refused (from the header, before decoding)
 MAX_UPLOAD_MB = 50  # Gradio refuses larger uploads before they reach us
 CANVAS_SIDE = 512
+SHOWN_SIDE = 280  # px the two result images take in the page
+# Networks work at small sides (64-256 px): show the images enlarged, pixels kept sharp.
+PAGE_CSS = ("#network-sketch img, #result img {width: 100%; height: 230px; object-fit: contain; "
+            "image-rendering: pixelated;}")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -243,10 +247,11 @@ def build_page(colorizer: Colorizer, sketcher: PhotoSketcher, model: Path, max_s
                     photo_button = gr.Button("Sketch and colorize photo", variant="primary",
                                              elem_id="colorize-photo")
             with gr.Column():
-                seen = gr.Image(label="Sketch the network saw", format="png", interactive=False,
-                                elem_id="network-sketch", buttons=["download"])
-                result = gr.Image(label="Colorized", format="png", interactive=False, elem_id="result",
-                                  buttons=["download"])
+                with gr.Row():  # small network sides are shown enlarged, the downloads keep their size
+                    seen = gr.Image(label="Sketch the network saw", format="png", interactive=False,
+                                    elem_id="network-sketch", buttons=["download"], height=SHOWN_SIDE)
+                    result = gr.Image(label="Colorized", format="png", interactive=False, elem_id="result",
+                                      buttons=["download"], height=SHOWN_SIDE)
         for button, source, work in ((draw_button, canvas, colorize_drawing),
                                      (sketch_button, sketch_file, colorize_sketch),
                                      (photo_button, photo_file, colorize_photo)):
@@ -303,7 +308,8 @@ def serve(model: Path, config: ServeConfig = ServeConfig()) -> None:
         try:
             page.queue(default_concurrency_limit=1).launch(
                 server_name=config.host, server_port=config.port or None, share=False, ssr_mode=False,
-                show_error=True, max_file_size=f"{MAX_UPLOAD_MB}mb", quiet=False, theme=offline_theme())
+                show_error=True, max_file_size=f"{MAX_UPLOAD_MB}mb", quiet=False, theme=offline_theme(),
+                css=PAGE_CSS)
         except OSError as error:
             raise AdvsegError(f"--host {config.host} --port {config.port}: cannot listen there ({error}); "
                               "pick another --port") from None
