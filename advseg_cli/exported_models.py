@@ -245,14 +245,17 @@ def onnx_providers(device: torch.device) -> list[str]:
 
 
 def onnx_device(requested: str) -> torch.device:
-    """The device an ONNX model runs on: ``auto`` is CUDA only when ONNX Runtime here can use it."""
+    """The device an ONNX model runs on: ``auto`` is CUDA only when ONNX Runtime here can use it; an
+    explicit CUDA device without ONNX Runtime's CUDA provider is refused now, before any output."""
     _, onnxruntime = _import_onnx()
     if requested == "auto":
         usable = "CUDAExecutionProvider" in onnxruntime.get_available_providers() and torch.cuda.is_available()
         return torch.device("cuda" if usable else "cpu")
     from advseg_cli.devices import resolve_device
 
-    return resolve_device(requested)
+    device = resolve_device(requested)
+    onnx_providers(device)
+    return device
 
 
 class OnnxGenerator(nn.Module):

@@ -178,3 +178,17 @@ def test_export_refuses_bad_outs_before_writing(run_and_exports: dict[str, Path]
     one_line_refusal(run, tmp_path / "x", "--epoch", "9", fragments=("epoch_009.pt",), stage="export")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["busy"]
     assert [p.name for p in (tmp_path / "busy").iterdir()] == ["notes.txt"]
+
+
+def test_onnx_on_cuda_without_the_provider_is_refused_before_any_output(run_and_exports: dict[str, Path],
+                                                                       tmp_path: Path,
+                                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    import onnxruntime
+
+    from advseg_cli import devices
+
+    monkeypatch.setattr(devices.torch.cuda, "is_available", lambda: True)  # a GPU, but a CPU-only onnxruntime
+    monkeypatch.setattr(onnxruntime, "get_available_providers", lambda: ["CPUExecutionProvider"])
+    one_line_refusal(run_and_exports["onnx"], run_and_exports["sketches"], tmp_path / "out", "--device", "cuda",
+                     "--workers", "0", "--quiet", fragments=("no CUDA provider", "onnxruntime-gpu"))
+    assert not (tmp_path / "out").exists()
