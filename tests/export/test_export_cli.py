@@ -192,3 +192,25 @@ def test_onnx_on_cuda_without_the_provider_is_refused_before_any_output(run_and_
     one_line_refusal(run_and_exports["onnx"], run_and_exports["sketches"], tmp_path / "out", "--device", "cuda",
                      "--workers", "0", "--quiet", fragments=("no CUDA provider", "onnxruntime-gpu"))
     assert not (tmp_path / "out").exists()
+
+
+def test_the_commands_defaults_are_the_stage_defaults() -> None:
+    """The commands spell out choices and defaults (no torch import for --help); they must not drift."""
+    import dataclasses
+
+    import click
+
+    from advseg_cli import export as export_stage
+    from advseg_cli import serve as serve_stage
+    from advseg_cli.commands.export import EXPORT_FORMATS, export
+    from advseg_cli.commands.serve import serve
+
+    assert EXPORT_FORMATS == export_stage.EXPORT_FORMATS
+    for command, config_type in ((export, export_stage.ExportConfig), (serve, serve_stage.ServeConfig)):
+        fields = {field.name: field.default for field in dataclasses.fields(config_type)}
+        options = [p for p in command.params if isinstance(p, click.Option) and p.name in fields]
+        assert len(options) >= 5, command.name
+        for option in options:
+            default = option.to_info_dict()["default"]
+            default = None if default is None or type(default).__name__ == "Sentinel" else default  # click's UNSET
+            assert default == fields[option.name], (command.name, option.name, default)
