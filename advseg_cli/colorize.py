@@ -450,7 +450,8 @@ def side_by_side(sketch_gray: np.ndarray, result: np.ndarray) -> np.ndarray:
     return np.concatenate([left, right], axis=1)
 
 
-def _resize_back(result: np.ndarray, input_hw: tuple[int, int]) -> np.ndarray:
+def resize_back(result: np.ndarray, input_hw: tuple[int, int]) -> np.ndarray:
+    """A result made at a rounded side (--size 0) back to the sketch's own size (bicubic)."""
     if result.shape[:2] == tuple(input_hw):
         return result
     image = Image.fromarray(result if result.shape[2] == 3 else result[:, :, 0])
@@ -460,7 +461,7 @@ def _resize_back(result: np.ndarray, input_hw: tuple[int, int]) -> np.ndarray:
 def finish_result(result: np.ndarray, prepared: PreparedSketch, job: _Job, keep_size: bool, grid: bool) -> None:
     """Write one result (resized back to the sketch's size with --size 0) and, with --grid, its sheet."""
     if keep_size:
-        result = _resize_back(result, prepared.input_hw)
+        result = resize_back(result, prepared.input_hw)
     image = result[:, :, 0] if result.ndim == 3 and result.shape[2] == 1 else result
     write_png(job.target, np.ascontiguousarray(image))
     if grid:

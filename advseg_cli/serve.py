@@ -35,7 +35,7 @@ import torch
 from PIL import Image
 
 from advseg_cli.colorize import (ColorizeConfig, Geometry, LoadedGenerator, generate, load_generator,
-                                 prepare_sketch, quantise, resolve_geometry)
+                                 prepare_sketch, quantise, resize_back, resolve_geometry)
 from advseg_cli.devices import resolve_device
 from advseg_cli.errors import AdvsegError, ImageDecodeError
 from advseg_cli.images import decode_rgb
@@ -141,9 +141,8 @@ class Colorizer:
         with self._lock:
             output = generate(self.network, [prepared.network_input], self.device, "fp32")
         result = quantise(output, "deterministic")[0]
-        if self.geometry.size == 0 and result.shape[:2] != prepared.input_hw:
-            image = Image.fromarray(result if result.shape[2] == 3 else result[:, :, 0])
-            result = np.asarray(image.resize(prepared.input_hw[::-1], Image.BICUBIC))
+        if self.geometry.size == 0:  # as colorize --size 0 writes it: back at the sketch's own size
+            result = resize_back(result, prepared.input_hw)
         result = result[:, :, 0] if result.ndim == 3 and result.shape[2] == 1 else result
         return prepared.network_input, np.ascontiguousarray(result)
 

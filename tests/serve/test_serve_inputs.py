@@ -72,3 +72,20 @@ def test_a_bad_model_is_refused_before_a_server_starts(tmp_path: Path) -> None:
         assert result.returncode == 2, result.stderr
         lines = result.stderr.strip().splitlines()
         assert len(lines) == 1 and lines[0].startswith("advseg serve: error:") and fragment in lines[0], lines
+
+
+@pytest.mark.parametrize("size", [0, 32])
+def test_the_page_colours_as_colorize_does_at_any_size(tmp_path: Path, size: int) -> None:
+    from advseg_cli.colorize import ColorizeConfig, colorize_folder
+    from advseg_cli.serve import ServeConfig, load_colorizer
+    from tests.colorize.kit import CPU, result_of, save_public, tiny_generator, write_sketches
+
+    model = save_public(tiny_generator("resnet_6blocks", "batch", seed=2), tmp_path / "latest_net_G.pth")
+    sketches = write_sketches(tmp_path / "sketches", {"odd.png": ("rocket", 45, 37)})
+    colorize_folder(model, sketches, tmp_path / "out", ColorizeConfig(size=size, **CPU))
+    colorizer = load_colorizer(model, ServeConfig(size=size, device="cpu"))
+    seen, result = colorizer.colorize(read_upload(str(sketches / "odd.png"), 4096))
+    expected = result_of(tmp_path / "out", "odd.png")
+    assert result.shape == expected.shape == ((37, 45, 3) if size == 0 else (32, 32, 3))
+    assert seen.shape == ((36, 44) if size == 0 else (32, 32))
+    assert np.abs(result.astype(np.int16) - expected).max() <= 1
