@@ -58,8 +58,9 @@ def colorize(checkpoint: Path, sketches: Path, out: Path, **options: Any) -> Non
     paths go to OUT, with OUT/advseg-run.json.
 
     CHECKPOINT is a run folder of `advseg train` (its latest checkpoint, or --epoch N), one of its
-    checkpoint files, or a generator state dict of the public CycleGAN / pix2pix / AdvSegLoss code
-    (*_net_G*.pth; architecture read from its keys, or --arch/--norm/--dropout).
+    checkpoint files, a generator state dict of the public CycleGAN / pix2pix / AdvSegLoss code
+    (*_net_G*.pth; architecture read from its keys, or --arch/--norm/--dropout), a folder of
+    `advseg export` or a .onnx file of `advseg export --format onnx` (run by ONNX Runtime).
     """
     from advseg_cli.colorize import ColorizeConfig, colorize_folder
     from advseg_cli.sharding import parse_shard
