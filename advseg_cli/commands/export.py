@@ -7,7 +7,7 @@ from typing import Any
 
 import click
 
-from advseg_cli.commands.colorize import GENERATOR_ARCHS, NORMS
+from advseg_cli.commands.colorize import public_generator_options
 
 # The choices of advseg_cli.export, spelled out so that `advseg --help` does not import torch.
 EXPORT_FORMATS = ("safetensors", "onnx")
@@ -21,12 +21,7 @@ EXPORT_FORMATS = ("safetensors", "onnx")
                    "onnx: OUT is a .onnx file (dynamic batch/height/width, config in its metadata).")
 @click.option("--epoch", type=click.IntRange(min=0), show_default="checkpoints/latest.pt",
               help="Run folders: export checkpoints/epoch_NNN.pt instead of checkpoints/latest.pt.")
-@click.option("--arch", type=click.Choice(GENERATOR_ARCHS), show_default="read from the file's keys",
-              help="Public-code generator files: the architecture.")
-@click.option("--norm", type=click.Choice(NORMS), show_default="read from the file's keys",
-              help="Public-code generator files: the normalisation.")
-@click.option("--dropout/--no-dropout", default=None, show_default="from the keys; U-Net: off",
-              help="Public-code generator files: dropout layers (exports run in eval mode either way).")
+@public_generator_options
 @click.option("--opset", type=click.IntRange(min=13), default=17, help="--format onnx: the ONNX opset.")
 @click.option("--overwrite", is_flag=True, help="Replace an existing OUT file, or write into a non-empty OUT folder.")
 def export(source: Path, out: Path, **options: Any) -> None:
