@@ -157,6 +157,8 @@ class PhotoSketcher:
         self._lock = threading.Lock()
 
     def sketch(self, rgb: np.ndarray) -> np.ndarray:
+        """The gray sketch of a photo with `advseg edges`' defaults (HED, pad 128, pix2pix post-processing,
+        256 x 256), so a served model sees the kind of sketch it was trained on."""
         from advseg_cli.edges import (HED_WEIGHTS, EdgesConfig, hed_probability_to_sketch, load_hed,
                                       prepare_hed_input, run_hed)
         from advseg_cli.weights import resolve_weights
