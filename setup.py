@@ -37,8 +37,12 @@ setup(
         "matplotlib>=3.7",
     ],
     extras_require={
-        "test": ["pytest>=8", "onnx>=1.15"],
-        "bench": ["onnx>=1.15"],
+        "test": ["pytest>=8", "onnx>=1.15", "selenium>=4.20"],
+        "bench": ["onnx>=1.15", "onnxruntime>=1.17"],
+        # advseg export --format onnx, and colorize / serve on .onnx files
+        "export": ["onnx>=1.15", "onnxruntime>=1.17"],
+        # advseg serve. gradio declares pillow<13; `make install` keeps requirements.txt's pillow (see there)
+        "serve": ["gradio>=5.0"],
         # detectron2 (the paper's Panoptic FPN) is not on PyPI: see its installation guide.
     },
     entry_points={"console_scripts": ["advseg=advseg_cli.cli:main"]},

@@ -107,13 +107,15 @@ def _register_stage_commands() -> None:
     from advseg_cli.commands.colorize import colorize
     from advseg_cli.commands.data import data
     from advseg_cli.commands.experiment import experiment
+    from advseg_cli.commands.export import export
     from advseg_cli.commands.fid import fid
     from advseg_cli.commands.results import results
     from advseg_cli.commands.segcache import segcache
+    from advseg_cli.commands.serve import serve
     from advseg_cli.commands.train import train
     from advseg_cli.commands.weights import weights
 
-    for command in (data, segcache, train, colorize, fid, results, weights, experiment):
+    for command in (data, segcache, train, colorize, export, serve, fid, results, weights, experiment):
         main.add_command(command)
 
 

@@ -1,12 +1,15 @@
 """``advseg colorize``: photos from a folder of sketches with a trained (or published) generator.
 
-The generator comes from one of three places, told apart by what the path holds:
+The generator comes from one of five places, told apart by what the path holds (``load_generator``
+is the one resolver that colorize and serve share):
 
 - a **run folder** of ``advseg train`` (``checkpoints/latest.pt``, or ``epoch_NNN.pt`` with ``epoch``);
 - one of our **checkpoint files** (``format: advseg-checkpoint``): the model's config says which
   generator to build, its train config at which size it was trained;
 - a **public-code generator state dict** (``*_net_G*.pth`` of the CycleGAN / pix2pix / AdvSegLoss
-  code): the architecture is read from the keys, or given as ``arch`` / ``norm`` / ``dropout``.
+  code): the architecture is read from the keys, or given as ``arch`` / ``norm`` / ``dropout``;
+- an **exported folder** of ``advseg export --format safetensors`` (config.json + model.safetensors);
+- an **ONNX file** of ``advseg export --format onnx``, run by ONNX Runtime (deterministic mode only).
 
 Two test-time modes, recorded in the run record because they give different FIDs:
 
@@ -73,6 +76,8 @@ INDEX_NAME = "index.html"
 RUN_FOLDER = "run-folder"
 ADVSEG_CHECKPOINT = "advseg-checkpoint"
 PUBLIC_GENERATOR = "public-generator"
+EXPORTED_FOLDER = "exported-folder"
+ONNX_FILE = "onnx-file"
 
 # Settings that decide what an output looks like: adding outputs made with other values into a
 # folder would mix two models (or two test-time protocols) in one FID, so it is refused.
@@ -149,7 +154,7 @@ class LoadedGenerator:
 
     network: nn.Module
     spec: GeneratorSpec
-    kind: str  # run-folder | advseg-checkpoint | public-generator
+    kind: str  # run-folder | advseg-checkpoint | public-generator | exported-folder | onnx-file
     path: Path  # the file the weights were read from
     sha256: str
     model_name: str | None  # cyclegan | pix2pix for our checkpoints
@@ -157,11 +162,18 @@ class LoadedGenerator:
     trained_load_size: int  # the default --load-size of the public test mode
     layout: str | None = None  # public files: the detected state-dict layout
     step: int | None = None  # our checkpoints: optimisation steps done
+    export_config: dict[str, Any] | None = None  # exports: their config (source run, checkpoint sha256 ...)
+
+    @property
+    def runs_onnx(self) -> bool:
+        """Whether ONNX Runtime runs this generator (no torch network, eval mode only, fp32)."""
+        return self.kind == ONNX_FILE
 
     def describe(self) -> dict[str, Any]:
         return {"kind": self.kind, "path": str(self.path), "sha256": self.sha256, "model": self.model_name,
                 "layout": self.layout, "step": self.step, "generator": dataclasses.asdict(self.spec),
-                "trained_crop_size": self.trained_crop_size, "trained_load_size": self.trained_load_size}
+                "trained_crop_size": self.trained_crop_size, "trained_load_size": self.trained_load_size,
+                "export_source": (self.export_config or {}).get("source")}
 
 
 def checkpoint_in_run_folder(run: Path, epoch: int | None) -> Path:
@@ -247,17 +259,41 @@ def _generator_from_public_file(path: Path, arch: str | None, norm: str | None,
                            PUBLIC_CROP_SIZE, PUBLIC_LOAD_SIZE, layout=info.layout)
 
 
+def _generator_from_export(path: Path, overrides: list[str], epoch: int | None) -> LoadedGenerator:
+    """An exported folder (safetensors) or ONNX file: it carries its own architecture and sizes."""
+    from advseg_cli import exported_models
+
+    if overrides or epoch is not None:
+        flags = overrides + (["--epoch"] if epoch is not None else [])
+        raise AdvsegError(f"{' / '.join(flags)} do not apply to {path}: an exported model carries its own "
+                          "architecture and weights")
+    onnx = exported_models.is_onnx_file(path)
+    loaded = exported_models.load_onnx_file(path) if onnx else exported_models.load_export_folder(path)
+    source = loaded.config.get("source") if isinstance(loaded.config.get("source"), Mapping) else {}
+    step = source.get("step") if isinstance(source.get("step"), int) else None
+    model = source.get("model") if isinstance(source.get("model"), str) else None
+    return LoadedGenerator(loaded.network, loaded.spec, ONNX_FILE if onnx else EXPORTED_FOLDER, loaded.path,
+                           loaded.sha256, model, loaded.trained_crop_size, loaded.trained_load_size, step=step,
+                           export_config=loaded.config)
+
+
 def load_generator(checkpoint: Path, *, epoch: int | None = None, arch: str | None = None,
                    norm: str | None = None, dropout: bool | None = None) -> LoadedGenerator:
-    """The sketch -> photo generator of a run folder, one of our checkpoints or a public-code file.
+    """The sketch -> photo generator of a run folder, one of our checkpoints, a public-code file, an
+    exported folder or an ONNX file: the one resolver of everything that reads a model.
 
-    Every file is read with ``torch.load(weights_only=True)``: a checkpoint can never run code.
+    Every torch file is read with ``torch.load(weights_only=True)``, exports with safetensors or
+    onnx after their sha256 check: a model file can never run code.
     """
+    from advseg_cli.exported_models import is_export_folder, is_onnx_file
+
     checkpoint = Path(checkpoint)
     if not checkpoint.exists():
-        raise WeightsNotFoundError(f"{checkpoint}: no such run folder or checkpoint file")
+        raise WeightsNotFoundError(f"{checkpoint}: no such run folder or checkpoint file (nor exported model)")
     overrides = [flag for flag, value in (("--arch", arch), ("--norm", norm), ("--dropout", dropout))
                  if value is not None]
+    if is_export_folder(checkpoint) or is_onnx_file(checkpoint):
+        return _generator_from_export(checkpoint, overrides, epoch)
     if checkpoint.is_dir():
         path, kind = checkpoint_in_run_folder(checkpoint, epoch), RUN_FOLDER
     else:
@@ -414,7 +450,8 @@ def side_by_side(sketch_gray: np.ndarray, result: np.ndarray) -> np.ndarray:
     return np.concatenate([left, right], axis=1)
 
 
-def _resize_back(result: np.ndarray, input_hw: tuple[int, int]) -> np.ndarray:
+def resize_back(result: np.ndarray, input_hw: tuple[int, int]) -> np.ndarray:
+    """A result made at a rounded side (--size 0) back to the sketch's own size (bicubic)."""
     if result.shape[:2] == tuple(input_hw):
         return result
     image = Image.fromarray(result if result.shape[2] == 3 else result[:, :, 0])
@@ -424,7 +461,7 @@ def _resize_back(result: np.ndarray, input_hw: tuple[int, int]) -> np.ndarray:
 def finish_result(result: np.ndarray, prepared: PreparedSketch, job: _Job, keep_size: bool, grid: bool) -> None:
     """Write one result (resized back to the sketch's size with --size 0) and, with --grid, its sheet."""
     if keep_size:
-        result = _resize_back(result, prepared.input_hw)
+        result = resize_back(result, prepared.input_hw)
     image = result[:, :, 0] if result.ndim == 3 and result.shape[2] == 1 else result
     write_png(job.target, np.ascontiguousarray(image))
     if grid:
@@ -468,6 +505,23 @@ class _SketchDataset(Dataset):
             return index, prepare_sketch(read_rgb(job.source), job.relative, self.geometry), ""
         except ImageDecodeError as exc:
             return index, None, exc.reason
+
+
+def onnx_run_device(config: ColorizeConfig, generator: LoadedGenerator) -> torch.device:
+    """The device ONNX Runtime runs an ONNX export on; settings that need a torch network are refused.
+
+    The graph was exported in eval mode and in float32: the public test mode (train-mode batch norm
+    and dropout) and autocast precisions have nothing to act on, so they would silently do nothing.
+    """
+    from advseg_cli.exported_models import onnx_device
+
+    if config.test_mode != "deterministic":
+        raise AdvsegError(f"--test-mode {config.test_mode}: {generator.path} is an ONNX graph exported in eval "
+                          "mode; use its safetensors export or the run folder for the public test mode")
+    if config.precision != "fp32":
+        raise AdvsegError(f"--precision {config.precision}: {generator.path} is a float32 ONNX graph; "
+                          "use --precision fp32")
+    return onnx_device(config.device)
 
 
 def resolve_geometry(config: ColorizeConfig, generator: LoadedGenerator) -> Geometry:
@@ -519,6 +573,8 @@ def colorize_folder(checkpoint: Path, sketches: Path, out: Path,
     check_precision(config.precision, device)
     generator = load_generator(checkpoint, epoch=config.epoch, arch=config.arch, norm=config.norm,
                                dropout=config.dropout)
+    if generator.runs_onnx:
+        device = onnx_run_device(config, generator)
     geometry = resolve_geometry(config, generator)
 
     options = {**{k: (str(v) if isinstance(v, Path) else v) for k, v in dataclasses.asdict(config).items()},

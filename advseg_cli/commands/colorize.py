@@ -16,6 +16,17 @@ NORMS = ("instance", "batch", "none")
 TEST_MODES = ("deterministic", "public")
 
 
+def public_generator_options(function: Any) -> Any:
+    """--arch / --norm / --dropout: what a public-code generator file's keys may not tell (colorize, export)."""
+    function = click.option("--dropout/--no-dropout", default=None, show_default="from the keys; U-Net: off",
+                            help="Public-code generator files: dropout layers (a U-Net's leave no trace in its "
+                                 "keys).")(function)
+    function = click.option("--norm", type=click.Choice(NORMS), show_default="read from the file's keys",
+                            help="Public-code generator files: the normalisation.")(function)
+    return click.option("--arch", type=click.Choice(GENERATOR_ARCHS), show_default="read from the file's keys",
+                        help="Public-code generator files: the architecture.")(function)
+
+
 def _default_workers() -> int:
     return min(4, os.cpu_count() or 1)
 
@@ -35,12 +46,7 @@ def _default_workers() -> int:
 @click.option("--load-size", type=click.IntRange(min=1), show_default="the trained load size; 286 for public files",
               help="--test-mode public: resize before the random crop.")
 @click.option("--seed", type=int, default=0, help="--test-mode public: seed of the per-image crops and dropout.")
-@click.option("--arch", type=click.Choice(GENERATOR_ARCHS), show_default="read from the file's keys",
-              help="Public-code generator files: the architecture.")
-@click.option("--norm", type=click.Choice(NORMS), show_default="read from the file's keys",
-              help="Public-code generator files: the normalisation.")
-@click.option("--dropout/--no-dropout", default=None, show_default="from the keys; U-Net: off",
-              help="Public-code generator files: dropout layers (a U-Net's leave no trace in its keys).")
+@public_generator_options
 @click.option("--batch-size", type=click.IntRange(min=1), default=8, help="Sketches per forward pass.")
 @click.option("--workers", type=click.IntRange(min=0), default=_default_workers, show_default="min(4, CPUs)",
               help="DataLoader processes that decode and resize sketches.")
@@ -58,8 +64,9 @@ def colorize(checkpoint: Path, sketches: Path, out: Path, **options: Any) -> Non
     paths go to OUT, with OUT/advseg-run.json.
 
     CHECKPOINT is a run folder of `advseg train` (its latest checkpoint, or --epoch N), one of its
-    checkpoint files, or a generator state dict of the public CycleGAN / pix2pix / AdvSegLoss code
-    (*_net_G*.pth; architecture read from its keys, or --arch/--norm/--dropout).
+    checkpoint files, a generator state dict of the public CycleGAN / pix2pix / AdvSegLoss code
+    (*_net_G*.pth; architecture read from its keys, or --arch/--norm/--dropout), a folder of
+    `advseg export` or a .onnx file of `advseg export --format onnx` (run by ONNX Runtime).
     """
     from advseg_cli.colorize import ColorizeConfig, colorize_folder
     from advseg_cli.sharding import parse_shard
