@@ -58,6 +58,8 @@ class StopAtStepBoundary:
         if self.requested is not None:
             raise KeyboardInterrupt
         self.requested = signal.Signals(signum).name
+        print(f"\n{self.requested}: stopping after the current step and saving it (again: stop at once)",
+              file=sys.stderr, flush=True)
 
     def __enter__(self) -> StopAtStepBoundary:
         if threading.current_thread() is threading.main_thread():

@@ -164,6 +164,11 @@ def train(data: Path | None, **options: Any) -> None:
         click.echo(json.dumps(_resolved_configuration(config), indent=2))
         return
     summary = run_training(config)
+    if summary.already_complete:
+        click.echo(f"train: {summary.run_dir} is already complete ({summary.steps} steps, epoch {summary.epoch}); "
+                   "to train further, resume with a larger --max-steps (within its epochs) or start a new --name "
+                   f"with --like {summary.run_dir} and more --epochs")
+        return
     losses = ", ".join(f"{k.split('/')[-1]} {v:.3f}" for k, v in summary.last_losses.items()
                        if k.startswith("loss/") and k.endswith("total"))
     click.echo(f"train: {summary.steps} steps, epoch {summary.epoch} ({losses}) -> {summary.run_dir}")

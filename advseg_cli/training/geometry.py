@@ -102,5 +102,7 @@ def crop_size_refusal(model: str, model_config: Any, crop_size: int, load_size: 
         f"no crop size from {low} to {high} works; change --arch or --n-layers-d"
     if above is not None and above > load_size and below is None:
         advice += f" (with --load-size at least {above})"
+    if model_config.arch == "unet_256" and below is None:
+        advice += "; or --arch unet_128, which trains from 128 px"
     what = f"{model_config.arch} generator, {model_config.n_layers_d}-layer PatchGAN, {model_config.norm} norm"
     return f"--crop-size {crop_size}: the {model} model ({what}) cannot train at this size: {problem}; {advice}"

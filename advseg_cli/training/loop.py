@@ -96,7 +96,9 @@ class TrainConfig:
         if self.segcache_missing not in SEGCACHE_MISSING:
             raise AdvsegError(f"--segcache-missing: use one of {', '.join(SEGCACHE_MISSING)}")
         if self.crop_size > self.load_size:
-            raise AdvsegError(f"--crop-size {self.crop_size} is larger than --load-size {self.load_size}")
+            raise AdvsegError(f"--crop-size {self.crop_size} is larger than --load-size {self.load_size}: the crop is "
+                              f"taken from the resized photo; use --load-size {self.crop_size} or more, or a smaller "
+                              "--crop-size")
         if self.resume and self.init_from is not None:
             raise AdvsegError("--resume continues a run, --init-from starts a new one from weights: pick one")
         advseg = self.model_options.get("advseg", "none")
@@ -123,6 +125,7 @@ class TrainSummary:
     steps: int
     epoch: int
     last_losses: dict[str, float]
+    already_complete: bool = False  # --resume of a run that had reached its planned end: nothing was done
 
 
 # ----------------------------------------------------------------------------- distributed
@@ -474,7 +477,7 @@ class Trainer:
                 trim_metrics(config.run_dir / "metrics.csv", self.position.step)
             return
         if latest.exists():
-            raise AdvsegError(f"{config.run_dir} already holds a run; continue it with --resume or choose another --name")
+            raise AdvsegError(self._occupied_run_folder_message())
         if config.init_from is not None:
             self._initialise_generators(config.init_from)
         self.folder.write_config(config, {"model_config": dataclasses.asdict(self.model.config),
@@ -482,6 +485,17 @@ class Trainer:
                                           "segmenter": self.model.seg.describe() if self.model.seg else None,
                                           "perceptual": self.model.perceptual.describe() if self.model.perceptual
                                           else None})
+
+    def _occupied_run_folder_message(self) -> str:
+        """Why a new run cannot start in this folder, and what the user most likely wants instead."""
+        run_dir = self.config.run_dir
+        record = read_record(run_dir / FOLDER_RECORD_NAME) or {}
+        counts = record.get("counts", {})
+        if record.get("status") == "complete":
+            return (f"{run_dir} holds a complete run ({counts.get('steps')} of {counts.get('planned_steps')} steps): "
+                    f"colorize it (advseg colorize {run_dir} SKETCHES OUT), train it further with --resume and a "
+                    "larger --max-steps, or choose another --name")
+        return f"{run_dir} already holds a run; continue it with --resume or choose another --name"
 
     def _initialise_generators(self, path: Path) -> None:
         """Weights only (ours or a public-code generator), starting at step 0 with fresh optimizers."""
@@ -786,6 +800,17 @@ def resume_command(config: TrainConfig) -> str:
     return shlex.join(["advseg", "train", "--name", config.name, "--runs-dir", str(config.runs_dir), "--resume"])
 
 
+def _record_start(record: RunRecord, config: TrainConfig, trainer: Trainer) -> None:
+    """Say "running" while the run trains (also when resumed), keeping when its first session started."""
+    if not trainer.ddp.is_main:
+        return
+    path = config.run_dir / FOLDER_RECORD_NAME
+    previous = read_record(path) if config.resume else None
+    if previous:
+        record.extra["first_started"] = previous.get("extra", {}).get("first_started", previous.get("started"))
+    record.write(path)
+
+
 def _record_interruption(record: RunRecord, config: TrainConfig, trainer: Trainer | None) -> None:
     """RUN/advseg-run.json says "interrupted" and at which step, so nobody mistakes the run for finished."""
     if trainer is None or not trainer.ddp.is_main or not config.run_dir.is_dir():
@@ -809,6 +834,9 @@ def train(config: TrainConfig) -> TrainSummary:
     trainer: Trainer | None = None
     try:
         trainer = Trainer(config)
+        if trainer.position.step >= trainer.planned_steps:  # a resumed run that had already ended
+            return TrainSummary(config.run_dir, trainer.position.step, trainer.position.epoch, {}, True)
+        _record_start(record, config, trainer)
         summary = trainer.run()
     except TrainingInterrupted:
         _record_interruption(record, config, trainer)
