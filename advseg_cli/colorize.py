@@ -480,7 +480,8 @@ def write_gallery(out: Path, sheets: list[tuple[str, Path]], title: str, details
     items = "".join(f"<li>{html.escape(line)}</li>" for line in details)
     text = ("<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
             f"<title>{html.escape(title)}</title>\n<style>body{{font-family:sans-serif}}"
-            "td{padding:4px;vertical-align:middle}td.name{font-family:monospace}img{max-width:100%}</style>"
+            "td{padding:4px;vertical-align:middle}td.name{font-family:monospace}"
+            "img{max-width:100%;min-height:256px;image-rendering:pixelated}</style>"
             f"</head><body>\n<h1>{html.escape(title)}</h1>\n<ul>{items}</ul>\n"
             f"<p>sketch | result, {len(rows)} sheets</p>\n<table>\n" + "\n".join(rows) + "\n</table>\n</body></html>\n")
     index = out / INDEX_NAME
