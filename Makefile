@@ -71,7 +71,7 @@ test: install ## Run the test suite (offline, CPU)
 	ADVSEG_OFFLINE=1 $(PY) -m pytest -q tests
 
 demo: install ## Run the chain on shipped sample photos (offline, CPU, minutes)
-	$(PY) -m advseg_cli.demo $(OUT)
+	OMP_WAIT_POLICY=PASSIVE $(PY) -m advseg_cli.demo $(OUT)
 
 EVIDENCE_OUT ?= evidence-out#  advseg experiment seg-effect's output folder (make evidence)
 EVIDENCE_PRESET ?= default#    quick | default (under an hour on a 2-core CPU) | gpu (then set EVIDENCE_ARGS, DEVICE)

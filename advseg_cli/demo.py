@@ -150,6 +150,7 @@ def run_world(out: Path, steps: int = WORLD_STEPS) -> tuple[list[StageNote], lis
          "HED sketches, Seg's label maps")
     prepare_dataset("shapes", out / "world", PrepareConfig(
         world=WorldConfig(seed=0, train=WORLD_TRAIN, test=WORLD_TEST, size=128), quiet=True,
+        seg_roles=("seg",),  # the evaluation segmenter scores experiments; the demo shows the training Seg's maps
         edges=EdgesConfig(size=0, pad=32, device="cpu", workers=0, quiet=True),
         segcache=SegcacheConfig(backend="shapes", square=72, device="cpu", quiet=True)))
     notes = [StageNote("world: prepare", "ran", f"{WORLD_TRAIN} training + {WORLD_TEST} test photos with exact "

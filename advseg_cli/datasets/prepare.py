@@ -59,6 +59,7 @@ class PrepareConfig:
     world: WorldConfig = dataclasses.field(default_factory=WorldConfig)  # generated datasets: what to render
     seg_training: SegTrainingConfig = dataclasses.field(default_factory=SegTrainingConfig)  # their Seg's training
     seg_out: Path | None = None  # generated datasets: where their trained Seg goes [$ADVSEG_HOME]
+    seg_roles: tuple[str, ...] = ("seg", "eval")  # the training Seg, and the evaluation segmenter (experiments)
     quiet: bool = False
 
     def steps_for(self, spec: DatasetSpec) -> tuple[str, ...]:
@@ -297,7 +298,7 @@ def world_segmenter_path(role: str, seg_out: Path | None) -> Path:
 def _seg_step(config: PrepareConfig) -> None:
     from advseg_cli.segmentation.shapes_training import describe_scores, ensure_trained
 
-    for role in ("seg", "eval"):
+    for role in config.seg_roles:
         path = world_segmenter_path(role, config.seg_out)
         record, trained = ensure_trained(role, path, config.seg_training)
         what = "trained" if trained else "already there"
