@@ -372,6 +372,25 @@ class AdvSegModel(nn.Module):
         raise TypeError(f"{type(self).__name__} has no forward: call translate(), generator_losses() and "
                         "discriminator_losses()")
 
+    def _map_generator_terms(self, fake_maps: dict[str, Tensor]) -> dict[str, Tensor]:
+        """G_M / G_Bin of the unpaired models, whose map discriminators see the generated photo's maps alone."""
+        terms = {}
+        for kind in self.seg_kinds:
+            D_seg = getattr(self, self._seg_discriminator_name(kind))
+            weighted = self.config.lambda_seg * self.criterion_gan(D_seg(fake_maps[kind]), True)
+            terms["G_" + _SEG_LOSS_NAMES[kind]] = weighted
+        return terms
+
+    def _map_discriminator_terms(self, real_maps: dict[str, Tensor], fake_maps: dict[str, Tensor]) -> dict[str, Tensor]:
+        """D_M / D_Bin of the unpaired models: real photos' maps against pooled maps of generated photos."""
+        terms = {}
+        for kind in self.seg_kinds:
+            D_seg = getattr(self, self._seg_discriminator_name(kind))
+            pooled = self.pools[f"seg_{kind}"].query(fake_maps[kind])
+            terms["D_" + _SEG_LOSS_NAMES[kind]] = discriminator_loss(self.criterion_gan, D_seg(real_maps[kind]),
+                                                                    D_seg(pooled))
+        return terms
+
     @staticmethod
     def _with_total(terms: dict[str, Tensor]) -> dict[str, Tensor]:
         terms["total"] = torch.stack([value.float() for value in terms.values()]).sum()
@@ -427,9 +446,7 @@ class CycleGANAdvSeg(AdvSegModel):
         if c.lambda_identity > 0:
             terms["idt_A"] = weighted_l1(self.G_A(real_B), real_B, c.lambda_b * c.lambda_identity)
             terms["idt_B"] = weighted_l1(self.G_B(real_A), real_A, c.lambda_a * c.lambda_identity)
-        for kind in self.seg_kinds:
-            D_seg = getattr(self, self._seg_discriminator_name(kind))
-            terms["G_" + _SEG_LOSS_NAMES[kind]] = c.lambda_seg * gan(D_seg(fakes.fake_B_maps[kind]), True)
+        terms.update(self._map_generator_terms(fakes.fake_B_maps))
         return self._with_total(terms)
 
     def discriminator_losses(self, batch: Batch, fakes: CycleGANFakes | None = None) -> dict[str, Tensor]:
@@ -444,10 +461,7 @@ class CycleGANAdvSeg(AdvSegModel):
             "D_B": discriminator_loss(gan, self.D_B(real_A), self.D_B(self.pools["fake_A"].query(fakes.fake_A))),
         }
         real_maps = self.real_maps(batch, fakes.fake_B)
-        for kind in self.seg_kinds:
-            D_seg = getattr(self, self._seg_discriminator_name(kind))
-            pooled = self.pools[f"seg_{kind}"].query(fakes.fake_B_maps[kind])
-            terms["D_" + _SEG_LOSS_NAMES[kind]] = discriminator_loss(gan, D_seg(real_maps[kind]), D_seg(pooled))
+        terms.update(self._map_discriminator_terms(real_maps, fakes.fake_B_maps))
         return self._with_total(terms)
 
 
@@ -728,9 +742,7 @@ class CUTAdvSeg(AdvSegModel):
             terms["NCE"] = weight * self.patch_nce(batch["real_A"], fakes.fake_B, fakes.flipped)
             if fakes.idt_B is not None:
                 terms["NCE_Y"] = weight * self.patch_nce(batch["real_B"], fakes.idt_B, fakes.flipped)
-        for kind in self.seg_kinds:
-            D_seg = getattr(self, self._seg_discriminator_name(kind))
-            terms["G_" + _SEG_LOSS_NAMES[kind]] = c.lambda_seg * gan(D_seg(fakes.fake_B_maps[kind]), True)
+        terms.update(self._map_generator_terms(fakes.fake_B_maps))
         return self._with_total(terms)
 
     def discriminator_losses(self, batch: Batch, fakes: CUTFakes | None = None) -> dict[str, Tensor]:
@@ -742,10 +754,7 @@ class CUTAdvSeg(AdvSegModel):
         gan, real_B = self.criterion_gan, batch["real_B"]
         terms = {"D": discriminator_loss(gan, self.D(real_B), self.D(self.pools["fake_B"].query(fakes.fake_B)))}
         real_maps = self.real_maps(batch, fakes.fake_B)
-        for kind in self.seg_kinds:
-            D_seg = getattr(self, self._seg_discriminator_name(kind))
-            pooled = self.pools[f"seg_{kind}"].query(fakes.fake_B_maps[kind])
-            terms["D_" + _SEG_LOSS_NAMES[kind]] = discriminator_loss(gan, D_seg(real_maps[kind]), D_seg(pooled))
+        terms.update(self._map_discriminator_terms(real_maps, fakes.fake_B_maps))
         return self._with_total(terms)
 
 
