@@ -1,4 +1,4 @@
-"""Run under torchrun by test_training.py: train a few steps, save this rank's parameters."""
+"""Run under torchrun by test_training.py: train a few steps, save this rank's parameters and last gradients."""
 
 from __future__ import annotations
 
@@ -10,15 +10,16 @@ from pathlib import Path
 import torch
 
 from advseg_cli.training.loop import Trainer, main_process_first
-from tests.training.test_training import tiny_config
+from tests.training.test_training import ddp_config
 
 
 def main() -> None:
     data, out = Path(sys.argv[1]), Path(sys.argv[2])
-    trainer = Trainer(tiny_config(data, out / "runs", name="ddp", max_steps=3, workers=0))
+    trainer = Trainer(ddp_config(data, out / "runs", name="ddp"))
     trainer.run()
     rank = int(os.environ["RANK"])
     torch.save({k: v.detach().cpu() for k, v in trainer.model.named_parameters()}, out / f"rank{rank}.pt")
+    torch.save({k: v.grad.detach().cpu() for k, v in trainer.model.named_parameters()}, out / f"grad{rank}.pt")
     torch.save(trainer.steps_per_epoch, out / f"spe{rank}.pt")
     with main_process_first(trainer.ddp):  # rank 0 is slow here: without the barrier, rank 1 writes first
         if rank == 0:
