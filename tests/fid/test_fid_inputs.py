@@ -93,9 +93,15 @@ def test_cache_key_follows_content_and_settings(fid_env: Path, tmp_path: Path) -
     pixels = np.array(Image.open(folder / "img_000.png"))
     pixels[0, 0] ^= 1
     Image.fromarray(pixels).save(folder / "img_000.png")  # same name and size, other content
-    assert folder_content_digest(folder, relatives) != digest
-    (folder / "img_000.png").rename(folder / "img_009.png")
-    assert folder_content_digest(folder, list_images(folder)) not in (digest,)
+    edited = folder_content_digest(folder, relatives)
+    assert edited != digest
+    # A rename alone, into a name that sorts in the same place (so the order of the contents is unchanged):
+    # only the paths in the digest can tell the folders apart, and the key must follow them.
+    (folder / "img_000.png").rename(folder / "img_000a.png")
+    renamed = list_images(folder)
+    assert [p.name for p in renamed] == ["img_000a.png", "img_001.png", "img_002.png"]
+    assert folder_content_digest(folder, renamed) != edited
+    assert key(FidConfig(), folder_content_digest(folder, renamed)) != key(FidConfig(), edited)
 
 
 def test_damaged_cache_entry_is_recomputed_not_trusted(fid_env: Path, tmp_path: Path) -> None:
