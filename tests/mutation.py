@@ -155,11 +155,12 @@ def summary_line(target: Target, results: dict[str, str], seconds: float) -> str
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("targets", nargs="*", help=f"modules to run (default: all): {', '.join(t.name for t in TARGETS)}")
+    known = ", ".join(target.name for target in TARGETS)
+    parser.add_argument("targets", nargs="*", help=f"modules to run (default: all): {known}")
     names = parser.parse_args(argv).targets or [target.name for target in TARGETS]
     unknown = sorted(set(names) - {target.name for target in TARGETS})
     if unknown:
-        parser.error(f"unknown module(s) {', '.join(unknown)}; choose from {', '.join(t.name for t in TARGETS)}")
+        parser.error(f"unknown module(s) {', '.join(unknown)}; choose from {known}")
     lines = ["| module | file | killed | not killed | time |", "|---|---|---|---|---|"]
     for target in (t for t in TARGETS if t.name in names):
         print(f"mutation: {target.name} ({target.source}) ...", flush=True)

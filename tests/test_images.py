@@ -42,7 +42,8 @@ def test_each_file_decodes_or_fails_with_a_reason(mixed: Path, name: str) -> Non
 def test_unreadable_files_and_bare_bytes_are_reported_by_name(tmp_path: Path) -> None:
     with pytest.raises(ImageDecodeError) as info:
         read_rgb(tmp_path / "gone.png")
-    assert info.value.path == tmp_path / "gone.png" and info.value.reason == "cannot read file (No such file or directory)"
+    assert info.value.path == tmp_path / "gone.png"
+    assert info.value.reason == "cannot read file (No such file or directory)"
     with pytest.raises(ImageDecodeError, match=r"^<bytes>: empty file \(0 bytes\)$"):
         decode_rgb(b"")
     assert image_size(tmp_path / "gone.png") == (0, 0)  # an unreadable header sorts first, decoding reports it
