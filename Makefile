@@ -36,7 +36,7 @@ TORCHRUN ?= $(VENV)/bin/torchrun
 NEED_INSTALL ?= $(STAMP)
 
 .DEFAULT_GOAL := help
-.PHONY: help install test demo bench clean reproduce table weights-check evidence FORCE
+.PHONY: help install test demo bench clean reproduce table weights-check evidence mutation FORCE
 
 help: ## List the targets and the variables a user may change
 	@echo "Targets:"
@@ -78,6 +78,13 @@ evidence: install ## Measure what the AdvSegLoss does in the shapes world; table
 	$(SEG_EFFECT)
 	mkdir -p docs/evidence
 	cp $(EVIDENCE_OUT)/table.md $(EVIDENCE_OUT)/results.json $(EVIDENCE_OUT)/plots/*.png docs/evidence/
+
+MUTMUT ?= mutmut==3.8.1#       the mutation-testing tool make mutation installs (also: pip install -e .[mutation])
+MUTATION ?=#                   modules for make mutation (default: all of tests/mutation.py's TARGETS)
+
+mutation: install ## Mutation testing (mutmut, one module at a time with its own tests; ~1 h on 2 cores); see docs/testing.md
+	$(PIP) install --quiet "$(MUTMUT)"
+	$(PY) -m tests.mutation $(MUTATION)
 
 bench: install ## Run the benchmarks in bench/ and print their tables (see docs/benchmarks.md)
 	$(PY) bench/bench_edges.py

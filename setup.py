@@ -39,6 +39,7 @@ setup(
     extras_require={
         "test": ["pytest>=8", "onnx>=1.15"],
         "bench": ["onnx>=1.15"],
+        "mutation": ["mutmut==3.8.1"],  # make mutation (tests/mutation.py drives mutmut 3's command line)
         # detectron2 (the paper's Panoptic FPN) is not on PyPI: see its installation guide.
     },
     entry_points={"console_scripts": ["advseg=advseg_cli.cli:main"]},
