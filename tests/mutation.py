@@ -44,12 +44,15 @@ class Target:
         return [f"{module}.{function}__mutmut_*" for function in self.functions]
 
 
+RESUME_TEST = "tests/training/test_exact_resume.py::test_resume_leaves_the_checkpoint_of_an_uninterrupted_run"
 TARGETS = (
-    Target("checkpoint", "advseg_cli/training/checkpoint.py", ("tests/training/test_exact_resume.py",)),
+    Target("checkpoint", "advseg_cli/training/checkpoint.py",
+           ("tests/training/test_checkpoint.py",
+            f"{RESUME_TEST}[pix2pix-0]")),
     Target("training-resume", "advseg_cli/training/loop.py",
-           ("tests/training/test_exact_resume.py",
-            "tests/training/test_training.py::test_two_process_training_equals_one_process_on_both_ranks_batches",
-            "tests/training/test_training.py::test_an_existing_run_is_not_overwritten_and_resume_needs_one"),
+           (f"{RESUME_TEST}[cyclegan-0]", f"{RESUME_TEST}[pix2pix-2]",
+            "tests/training/test_training.py::test_an_existing_run_is_not_overwritten_and_resume_needs_one",
+            "tests/training/test_training.py::test_two_process_training_equals_one_process_on_both_ranks_batches"),
            ("x_average_gradients", "x_broadcast_parameters", "x_make_loader", "x_loader_generator",
             "xǁTrainerǁ_prepare_start", "xǁTrainerǁ_restore", "xǁTrainerǁ_payload", "xǁTrainerǁsave")),
     Target("segmentation-maps", "advseg_cli/segmentation/maps.py",

@@ -1,0 +1,77 @@
+"""Checkpoint files: what load_checkpoint accepts, what it refuses (one clear line each), atomic saves, RNG states."""
+
+from __future__ import annotations
+
+import pickle
+from pathlib import Path
+
+import pytest
+import torch
+
+from advseg_cli.errors import AdvsegError
+from advseg_cli.training.checkpoint import (CHECKPOINT_FORMAT, CHECKPOINT_VERSION, load_checkpoint, restore_rng_states,
+                                            rng_states, save_checkpoint)
+
+CPU = torch.device("cpu")
+
+
+def test_a_saved_payload_loads_back_with_its_format_and_version(tmp_path: Path) -> None:
+    payload = {"model": {"w": torch.arange(6.0).view(2, 3)}, "position": {"step": 3, "epoch": 2, "batch": 1}}
+    save_checkpoint(tmp_path / "latest.pt", payload)
+    loaded = load_checkpoint(tmp_path / "latest.pt")
+    assert loaded["format"] == CHECKPOINT_FORMAT == "advseg-checkpoint" and loaded["version"] == CHECKPOINT_VERSION == 1
+    assert torch.equal(loaded["model"]["w"], payload["model"]["w"]) and loaded["position"] == payload["position"]
+    assert [p.name for p in tmp_path.iterdir()] == ["latest.pt"]  # no temporary file left beside it
+
+
+def test_a_failed_save_keeps_the_previous_checkpoint(tmp_path: Path) -> None:
+    save_checkpoint(tmp_path / "latest.pt", {"step": 1})
+
+    class Unsaveable:  # torch.save pickles it and fails half-way
+        def __reduce__(self) -> tuple:
+            raise RuntimeError("disk full")
+
+    with pytest.raises(RuntimeError, match="disk full"):
+        save_checkpoint(tmp_path / "latest.pt", {"step": 2, "bad": Unsaveable()})
+    assert load_checkpoint(tmp_path / "latest.pt")["step"] == 1
+    assert [p.name for p in tmp_path.iterdir()] == ["latest.pt"]
+
+
+def refusal(path: Path) -> str:
+    with pytest.raises(AdvsegError) as error:
+        load_checkpoint(path)
+    message = str(error.value)
+    assert "\n" not in message and message.startswith(f"{path}: "), message
+    return message[len(f"{path}: "):]
+
+
+def test_files_that_are_not_our_checkpoints_are_refused_in_one_line(tmp_path: Path) -> None:
+    assert refusal(tmp_path / "missing.pt") == "no such checkpoint"
+    (tmp_path / "notes.pt").write_text("not a checkpoint")
+    assert refusal(tmp_path / "notes.pt").startswith("not a readable advseg checkpoint (UnpicklingError: ")
+    torch.save({"G": torch.zeros(1)}, tmp_path / "state_dict.pt")
+    assert refusal(tmp_path / "state_dict.pt") == "not an advseg checkpoint (for public-code generators use --init-from)"
+    torch.save([1, 2], tmp_path / "list.pt")
+    assert refusal(tmp_path / "list.pt").startswith("not an advseg checkpoint")
+    torch.save({"format": CHECKPOINT_FORMAT, "version": 2}, tmp_path / "newer.pt")
+    assert refusal(tmp_path / "newer.pt") == "checkpoint version 2 is not 1; use the advseg version that wrote it"
+
+
+def test_a_pickle_with_code_is_refused_without_running_it(tmp_path: Path) -> None:
+    class Payload:
+        def __reduce__(self) -> tuple:
+            return (Path.touch, (tmp_path / "pwned",))
+
+    (tmp_path / "evil.pt").write_bytes(pickle.dumps({"format": CHECKPOINT_FORMAT, "x": Payload()}, protocol=2))
+    assert refusal(tmp_path / "evil.pt").startswith("not a readable advseg checkpoint (")
+    assert not (tmp_path / "pwned").exists()
+
+
+def test_rng_states_restore_the_global_generator() -> None:
+    torch.manual_seed(11)
+    saved = rng_states(CPU)
+    assert set(saved) == {"torch"}  # no CUDA state on a CPU run
+    expected = torch.rand(5)
+    torch.rand(3)
+    restore_rng_states(saved, CPU)
+    assert torch.equal(torch.rand(5), expected)
