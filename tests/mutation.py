@@ -46,25 +46,26 @@ class Target:
 
 RESUME_TEST = "tests/training/test_exact_resume.py::test_resume_leaves_the_checkpoint_of_an_uninterrupted_run"
 TARGETS = (
-    Target("checkpoint", "advseg_cli/training/checkpoint.py",
-           ("tests/training/test_checkpoint.py",
-            f"{RESUME_TEST}[pix2pix-0]")),
-    Target("training-resume", "advseg_cli/training/loop.py",
-           (f"{RESUME_TEST}[cyclegan-0]", f"{RESUME_TEST}[pix2pix-2]",
-            "tests/training/test_training.py::test_an_existing_run_is_not_overwritten_and_resume_needs_one",
-            "tests/training/test_training.py::test_two_process_training_equals_one_process_on_both_ranks_batches"),
-           ("x_average_gradients", "x_broadcast_parameters", "x_make_loader", "x_loader_generator",
-            "xǁTrainerǁ_prepare_start", "xǁTrainerǁ_restore", "xǁTrainerǁ_payload", "xǁTrainerǁsave")),
+    Target("fid-key", "advseg_cli/fid.py", ("tests/fid/test_fid_inputs.py",),
+           ("x_folder_content_digest", "x_statistics_cache_key", "x__cached_side", "x_folder_side")),
+    Target("segcache-staleness", "advseg_cli/segcache.py", ("tests/segcache/test_build.py",),
+           ("xǁSegmentationCacheǁis_stale", "x__hash_photos", "x__existing_hashes", "x_verify_segcache")),
+    Target("images", "advseg_cli/images.py", ("tests/test_images.py",)),
     Target("segmentation-maps", "advseg_cli/segmentation/maps.py",
            ("tests/models/test_seg_grad_straight.py", "tests/segcache/test_format.py",
             "tests/segmentation/test_segmentation_layout.py")),
-    Target("images", "advseg_cli/images.py", ("tests/test_images.py",)),
     Target("weights", "advseg_cli/weights.py", ("tests/test_weights_and_records.py",)),
-    Target("segcache-staleness", "advseg_cli/segcache.py", ("tests/segcache/test_build.py",),
-           ("xǁSegmentationCacheǁis_stale", "x__hash_photos", "x__existing_hashes", "x_build_segcache",
-            "x_verify_segcache")),
-    Target("fid-key", "advseg_cli/fid.py", ("tests/fid/test_fid_inputs.py",),
-           ("x_folder_content_digest", "x_statistics_cache_key", "x__cached_side", "x_folder_side")),
+    Target("checkpoint", "advseg_cli/training/checkpoint.py",
+           ("tests/training/test_checkpoint.py", f"{RESUME_TEST}[pix2pix-0]")),
+    Target("training-resume", "advseg_cli/training/loop.py",
+           (f"{RESUME_TEST}[cyclegan-0]", f"{RESUME_TEST}[pix2pix-2]",
+            "tests/training/test_training.py::test_an_existing_run_is_not_overwritten_and_resume_needs_one"),
+           ("x_make_loader", "x_loader_generator", "xǁTrainerǁ_prepare_start", "xǁTrainerǁ_restore",
+            "xǁTrainerǁ_payload", "xǁTrainerǁsave")),
+    # only a real two-process run reaches past average_gradients' one-process early return (25 s a mutant)
+    Target("gradient-averaging", "advseg_cli/training/loop.py",
+           ("tests/training/test_training.py::test_two_process_training_equals_one_process_on_both_ranks_batches",),
+           ("x_average_gradients", "x_broadcast_parameters")),
 )
 
 
@@ -118,16 +119,31 @@ def statuses(folder: Path, target: Target) -> dict[str, str]:
     return wanted
 
 
+def changed_lines(diff: str) -> str:
+    """A mutant's diff in one table cell: `- old` -> `+ new` (code only, whitespace squeezed)."""
+    def code(prefix: str) -> str:
+        lines = [line[1:] for line in diff.splitlines() if line.startswith(prefix) and not line.startswith(prefix * 3)]
+        return " ".join(" ".join(lines).split()).replace("|", "\\|")
+    return f"`{code('-')}` → `{code('+')}`"
+
+
+def mutant_number(name: str) -> tuple[str, int]:
+    function, _, number = name.rpartition("__mutmut_")
+    return function, int(number)
+
+
 def survivor_report(folder: Path, target: Target, results: dict[str, str]) -> Path:
-    """Every mutant that no test killed, with its diff, for docs/testing.md's dispositions."""
-    report = folder / "survivors.md"
-    parts = [f"# {target.name}: {target.source}\n"]
-    for name, status in sorted(results.items()):
-        if status == "killed":
-            continue
+    """Every mutant that no test killed, with its diff (survivors.md) and as table rows (survivors-table.md)
+    for docs/testing.md's dispositions."""
+    parts, rows = [f"# {target.name}: {target.source}\n"], []
+    for name in sorted((n for n, status in results.items() if status != "killed"), key=mutant_number):
         diff = subprocess.run([sys.executable, "-m", "mutmut", "show", name], cwd=folder, env=mutmut_environment(),
                               capture_output=True, text=True).stdout
-        parts.append(f"\n## {name}: {status}\n\n```diff\n{diff.strip()}\n```\n")
+        parts.append(f"\n## {name}: {results[name]}\n\n```diff\n{diff.strip()}\n```\n")
+        rows.append(f"| {name.rpartition('.')[2]} | {results[name]} | {changed_lines(diff)} | |")
+    (folder / "survivors-table.md").write_text("\n".join(["| mutant | status | change | disposition |",
+                                                          "|---|---|---|---|", *rows]) + "\n")
+    report = folder / "survivors.md"
     report.write_text("".join(parts))
     return report
 
@@ -156,18 +172,28 @@ def summary_line(target: Target, results: dict[str, str], seconds: float) -> str
             f"| {counts or '-'} | {seconds / 60:.1f} min |")
 
 
+def report_only(target: Target) -> tuple[dict[str, str], float]:
+    """Re-read the results of a finished run (``--report``), e.g. after ``mutmut run NAME`` by hand."""
+    folder = WORK / target.name
+    results = statuses(folder, target)
+    survivor_report(folder, target, results)
+    return results, 0.0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--report", action="store_true", help="only re-read finished runs' results")
     known = ", ".join(target.name for target in TARGETS)
     parser.add_argument("targets", nargs="*", help=f"modules to run (default: all): {known}")
-    names = parser.parse_args(argv).targets or [target.name for target in TARGETS]
+    arguments = parser.parse_args(argv)
+    names = arguments.targets or [target.name for target in TARGETS]
     unknown = sorted(set(names) - {target.name for target in TARGETS})
     if unknown:
         parser.error(f"unknown module(s) {', '.join(unknown)}; choose from {known}")
     lines = ["| module | file | killed | not killed | time |", "|---|---|---|---|---|"]
     for target in (t for t in TARGETS if t.name in names):
         print(f"mutation: {target.name} ({target.source}) ...", flush=True)
-        results, seconds = run_target(target)
+        results, seconds = report_only(target) if arguments.report else run_target(target)
         lines.append(summary_line(target, results, seconds))
         print(lines[-1], flush=True)
     print("\n".join(lines))

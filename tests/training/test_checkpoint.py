@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pickle
+import zipfile
 from pathlib import Path
 
 import pytest
@@ -58,6 +59,32 @@ def test_files_that_are_not_our_checkpoints_are_refused_in_one_line(tmp_path: Pa
     assert refusal(tmp_path / "list.pt").startswith("not an advseg checkpoint")
     torch.save({"format": CHECKPOINT_FORMAT, "version": 2}, tmp_path / "newer.pt")
     assert refusal(tmp_path / "newer.pt") == "checkpoint version 2 is not 1; use the advseg version that wrote it"
+    (tmp_path / "empty.pt").write_bytes(b"")  # torch's error has no text at all
+    assert refusal(tmp_path / "empty.pt") == "not a readable advseg checkpoint (EOFError: )"
+
+
+def as_if_saved_on_a_gpu(path: Path) -> Path:
+    """Rewrite a torch.save file so that its tensors say they were saved from cuda:0 (as on a GPU machine):
+    the storage location string of the pickle, everything else byte for byte."""
+    with zipfile.ZipFile(path) as archive:
+        records = {info: archive.read(info) for info in archive.infolist()}
+    with zipfile.ZipFile(path, "w", zipfile.ZIP_STORED) as archive:
+        for info, data in records.items():
+            if info.filename.endswith("/data.pkl"):
+                assert data.count(b"X\x03\x00\x00\x00cpu") == 1
+                data = data.replace(b"X\x03\x00\x00\x00cpu", b"X\x06\x00\x00\x00cuda:0")
+            archive.writestr(info, data)
+    return path
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks a CPU-only machine")
+def test_a_checkpoint_saved_on_a_gpu_loads_on_a_cpu_only_machine(tmp_path: Path) -> None:
+    save_checkpoint(tmp_path / "gpu.pt", {"w": torch.arange(3.0)})
+    as_if_saved_on_a_gpu(tmp_path / "gpu.pt")
+    with pytest.raises(RuntimeError, match="CUDA"):  # what torch does without a map_location
+        torch.load(tmp_path / "gpu.pt", weights_only=True)
+    loaded = load_checkpoint(tmp_path / "gpu.pt")["w"]
+    assert loaded.device.type == "cpu" and torch.equal(loaded, torch.arange(3.0))
 
 
 def test_a_pickle_with_code_is_refused_without_running_it(tmp_path: Path) -> None:
@@ -78,3 +105,16 @@ def test_rng_states_restore_the_global_generator() -> None:
     torch.rand(3)
     restore_rng_states(saved, CPU)
     assert torch.equal(torch.rand(5), expected)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_rng_states_of_a_cuda_run_restore_the_cuda_generator_too() -> None:
+    device = torch.device("cuda", torch.cuda.current_device())
+    torch.manual_seed(11)
+    saved = rng_states(device)
+    assert set(saved) == {"torch", "cuda"} and torch.equal(saved["cuda"], torch.cuda.get_rng_state(device))
+    expected = torch.rand(5, device=device)
+    torch.rand(3, device=device)
+    restore_rng_states(saved, device)
+    assert torch.equal(torch.rand(5, device=device), expected)
