@@ -8,6 +8,7 @@ statistics cache key; the segmentation cache's staleness) the mutants are limite
 
     python -m tests.mutation                 # every module, then a summary table
     python -m tests.mutation images fid-key  # some of them
+    python -m tests.mutation --recheck NAME  # a finished module's survivors against the current tests
 
 Each module's survivors (with their diffs) go to ``.mutation/NAME/survivors.md``; docs/testing.md keeps
 the scores and what was done about every survivor. Not run by the test suite or CI: it takes long.
@@ -172,6 +173,23 @@ def summary_line(target: Target, results: dict[str, str], seconds: float) -> str
             f"| {counts or '-'} | {seconds / 60:.1f} min |")
 
 
+def recheck_target(target: Target) -> tuple[dict[str, str], float]:
+    """Run a finished module's surviving mutants again against the current tests (``--recheck``): after
+    adding tests that kill them, without the minutes a full run takes. The source must be unchanged."""
+    folder = WORK / target.name
+    survivors = [name for name, status in statuses(folder, target).items() if status != "killed"]
+    shutil.copytree(REPO / "tests", folder / "tests", dirs_exist_ok=True)
+    started = time.monotonic()
+    if survivors:
+        with open(folder / "mutmut-recheck.log", "w") as log:
+            subprocess.run([sys.executable, "-m", "mutmut", "run", "--max-children", "1", *survivors], cwd=folder,
+                           env=mutmut_environment(), stdout=log, stderr=subprocess.STDOUT, check=False)
+    seconds = time.monotonic() - started
+    results = statuses(folder, target)
+    survivor_report(folder, target, results)
+    return results, seconds
+
+
 def report_only(target: Target) -> tuple[dict[str, str], float]:
     """Re-read the results of a finished run (``--report``), e.g. after ``mutmut run NAME`` by hand."""
     folder = WORK / target.name
@@ -182,7 +200,9 @@ def report_only(target: Target) -> tuple[dict[str, str], float]:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--report", action="store_true", help="only re-read finished runs' results")
+    mode = parser.add_mutually_exclusive_group()
+    mode.add_argument("--report", action="store_true", help="only re-read finished runs' results")
+    mode.add_argument("--recheck", action="store_true", help="run finished runs' survivors against the current tests")
     known = ", ".join(target.name for target in TARGETS)
     parser.add_argument("targets", nargs="*", help=f"modules to run (default: all): {known}")
     arguments = parser.parse_args(argv)
@@ -193,7 +213,8 @@ def main(argv: list[str] | None = None) -> int:
     lines = ["| module | file | killed | not killed | time |", "|---|---|---|---|---|"]
     for target in (t for t in TARGETS if t.name in names):
         print(f"mutation: {target.name} ({target.source}) ...", flush=True)
-        results, seconds = report_only(target) if arguments.report else run_target(target)
+        step = report_only if arguments.report else recheck_target if arguments.recheck else run_target
+        results, seconds = step(target)
         lines.append(summary_line(target, results, seconds))
         print(lines[-1], flush=True)
     print("\n".join(lines))
