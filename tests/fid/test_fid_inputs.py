@@ -104,6 +104,26 @@ def test_cache_key_follows_content_and_settings(fid_env: Path, tmp_path: Path) -
     assert key(FidConfig(), folder_content_digest(folder, renamed)) != key(FidConfig(), edited)
 
 
+def test_the_cached_real_side_is_the_computed_one_and_answers_only_to_its_key(fid_env: Path, tmp_path: Path) -> None:
+    """From the cache: the same features, label, image count and failures as when computed. A cache entry
+    whose recorded key is another folder's (a file copied or renamed by hand) is recomputed, not trusted."""
+    real = write_folder(tmp_path / "real", photo_crops([data.astronaut()], 3, 32, seed=6))
+    (real / "empty.jpg").write_bytes(b"")
+    fake = write_folder(tmp_path / "fake", photo_crops([data.chelsea()], 3, 32, seed=7))
+    config = FidConfig(dims=64, device="cpu", quiet=True)
+    first, second = compute_fid(real, fake, config), compute_fid(real, fake, config)
+    assert (first.real.source, second.real.source) == ("computed", "cache")
+    for field in ("label", "path", "kind", "images", "failures", "cache_file"):
+        assert getattr(second.real, field) == getattr(first.real, field), field
+    assert [failure["input"] for failure in first.real.failures] == ["empty.jpg"]
+    np.testing.assert_array_equal(second.real.features, first.real.features)
+    other = write_folder(tmp_path / "other", photo_crops([data.coffee()], 3, 32, seed=8))
+    other_entry = compute_fid(other, fake, config).real.cache_file
+    first.real.cache_file.write_bytes(other_entry.read_bytes())  # another folder's statistics under this key
+    third = compute_fid(real, fake, config)
+    assert third.real.source == "computed" and third.fid == pytest.approx(first.fid, rel=1e-9)
+
+
 def test_damaged_cache_entry_is_recomputed_not_trusted(fid_env: Path, tmp_path: Path) -> None:
     real = write_folder(tmp_path / "real", photo_crops([data.astronaut()], 3, 32, seed=6))
     fake = write_folder(tmp_path / "fake", photo_crops([data.chelsea()], 3, 32, seed=7))
