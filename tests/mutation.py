@@ -45,11 +45,14 @@ class Target:
         return [f"{module}.{function}__mutmut_*" for function in self.functions]
 
 
+TRAINING_TESTS = "tests/training/test_training.py"
 RESUME_TEST = "tests/training/test_exact_resume.py::test_resume_leaves_the_checkpoint_of_an_uninterrupted_run"
 TARGETS = (
     Target("fid-key", "advseg_cli/fid.py", ("tests/fid/test_fid_inputs.py",),
            ("x_folder_content_digest", "x_statistics_cache_key", "x__cached_side", "x_folder_side")),
-    Target("segcache-staleness", "advseg_cli/segcache.py", ("tests/segcache/test_build.py",),
+    Target("segcache-staleness", "advseg_cli/segcache.py",
+           ("tests/segcache/test_build.py",
+            "tests/segcache/test_cli.py::test_verify_reports_missing_stale_and_corrupt_and_exits_1"),
            ("xǁSegmentationCacheǁis_stale", "x__hash_photos", "x__existing_hashes", "x_verify_segcache")),
     Target("images", "advseg_cli/images.py", ("tests/test_images.py",)),
     Target("segmentation-maps", "advseg_cli/segmentation/maps.py",
@@ -60,12 +63,15 @@ TARGETS = (
            ("tests/training/test_checkpoint.py", f"{RESUME_TEST}[pix2pix-0]")),
     Target("training-resume", "advseg_cli/training/loop.py",
            (f"{RESUME_TEST}[cyclegan-0]", f"{RESUME_TEST}[pix2pix-2]",
-            "tests/training/test_training.py::test_an_existing_run_is_not_overwritten_and_resume_needs_one"),
+            f"{TRAINING_TESTS}::test_each_epoch_is_the_samplers_seeded_shuffle_and_a_resume_skips_the_batches_done",
+            f"{TRAINING_TESTS}::test_config_json_holds_the_resolved_model_and_the_data_layout",
+            f"{TRAINING_TESTS}::test_resume_equals_an_uninterrupted_run",
+            f"{TRAINING_TESTS}::test_an_existing_run_is_not_overwritten_and_resume_needs_one"),
            ("x_make_loader", "x_loader_generator", "xǁTrainerǁ_prepare_start", "xǁTrainerǁ_restore",
             "xǁTrainerǁ_payload", "xǁTrainerǁsave")),
     # only a real two-process run reaches past average_gradients' one-process early return (25 s a mutant)
     Target("gradient-averaging", "advseg_cli/training/loop.py",
-           ("tests/training/test_training.py::test_two_process_training_equals_one_process_on_both_ranks_batches",),
+           (f"{TRAINING_TESTS}::test_two_process_training_equals_one_process_on_both_ranks_batches",),
            ("x_average_gradients", "x_broadcast_parameters")),
 )
 

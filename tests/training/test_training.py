@@ -17,7 +17,7 @@ from PIL import Image
 
 from advseg_cli.errors import AdvsegError, TrainingDivergedError
 from advseg_cli.training.checkpoint import load_checkpoint
-from advseg_cli.training.loop import TrainConfig, Trainer, linear_decay_factor, train
+from advseg_cli.training.loop import TrainConfig, Trainer, linear_decay_factor, make_loader, train
 from hed import canny
 from tests.helpers import PHOTO_NAMES, REPO, invoke_advseg, photo
 
@@ -82,6 +82,39 @@ def test_resume_equals_an_uninterrupted_run(data: Path, tmp_path: Path) -> None:
     a = load_checkpoint(whole.run_dir / "checkpoints" / "latest.pt")["model"]
     b = load_checkpoint(resumed.run_dir / "checkpoints" / "latest.pt")["model"]
     assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_each_epoch_is_the_samplers_seeded_shuffle_and_a_resume_skips_the_batches_done(data: Path,
+                                                                                     tmp_path: Path) -> None:
+    """The order of an epoch is DistributedSampler's (seed, epoch) permutation of every sample, computed here by
+    torch's own sampler; another epoch is another order; resuming after k batches starts at sample k * batch."""
+    from torch.utils.data import DistributedSampler
+
+    trainer = Trainer(tiny_config(data, tmp_path, max_steps=1, seed=3))
+
+    def order(epoch: int, skip: int = 0, batch_size: int = 1) -> list[int]:
+        config = dataclasses.replace(trainer.config, batch_size=batch_size)
+        batches = make_loader(trainer.dataset, config, trainer.ddp, epoch, skip)
+        return [int(index) for batch in batches for index in batch["index"]]
+
+    def sampler_order(epoch: int) -> list[int]:
+        sampler = DistributedSampler(range(len(trainer.dataset)), num_replicas=1, rank=0, shuffle=True, seed=3)
+        sampler.set_epoch(epoch)
+        return list(sampler)
+
+    first = order(1)
+    assert first == sampler_order(1) and sorted(first) == list(range(8)) and first != list(range(8))
+    assert order(2) == sampler_order(2) != first
+    assert order(1, skip=3) == first[3:] and order(1, skip=1, batch_size=2) == first[2:]
+
+
+def test_config_json_holds_the_resolved_model_and_the_data_layout(data: Path, tmp_path: Path) -> None:
+    trainer = Trainer(tiny_config(data, tmp_path, model="pix2pix", max_steps=1))
+    stored = json.loads((trainer.config.run_dir / "config.json").read_text())
+    assert stored["model_config"] == dataclasses.asdict(trainer.model.config) and stored["model_config"]["ngf"] == 4
+    layout = (stored["steps_per_epoch"], stored["world_size"], stored["segmenter"], stored["perceptual"])
+    assert layout == (8, 1, None, None)
+    assert stored["model"] == "pix2pix" and stored["max_steps"] == 1
 
 
 def test_same_seed_same_losses_other_seed_other_losses(data: Path, tmp_path: Path) -> None:
