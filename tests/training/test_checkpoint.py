@@ -54,7 +54,8 @@ def test_files_that_are_not_our_checkpoints_are_refused_in_one_line(tmp_path: Pa
     first_line = str(raw.value).splitlines()[0]
     assert refusal(tmp_path / "notes.pt") == f"not a readable advseg checkpoint (UnpicklingError: {first_line})"
     torch.save({"G": torch.zeros(1)}, tmp_path / "state_dict.pt")
-    assert refusal(tmp_path / "state_dict.pt") == "not an advseg checkpoint (for public-code generators use --init-from)"
+    expected = "not an advseg checkpoint (for public-code generators use --init-from)"
+    assert refusal(tmp_path / "state_dict.pt") == expected
     torch.save([1, 2], tmp_path / "list.pt")
     assert refusal(tmp_path / "list.pt").startswith("not an advseg checkpoint")
     torch.save({"format": CHECKPOINT_FORMAT, "version": 2}, tmp_path / "newer.pt")
