@@ -14,6 +14,7 @@ from PIL import Image
 from pytorch_fid.fid_score import compute_statistics_of_path, get_activations
 from skimage import data
 
+from advseg_cli.errors import AdvsegError
 from advseg_cli.fid import (FidConfig, compute_fid, decode_image, folder_content_digest, folder_features,
                             load_inception, resolve_inception_weights, statistics_cache_key)
 from advseg_cli.images import list_images, read_rgb
@@ -122,6 +123,9 @@ def test_the_cached_real_side_is_the_computed_one_and_answers_only_to_its_key(fi
     first.real.cache_file.write_bytes(other_entry.read_bytes())  # another folder's statistics under this key
     third = compute_fid(real, fake, config)
     assert third.real.source == "computed" and third.fid == pytest.approx(first.fid, rel=1e-9)
+    (tmp_path / "none").mkdir()
+    with pytest.raises(AdvsegError, match=f"^REAL {tmp_path / 'none'}: no image files found"):
+        compute_fid(tmp_path / "none", fake, config)  # the cached path names the side like the computed one
 
 
 def test_damaged_cache_entry_is_recomputed_not_trusted(fid_env: Path, tmp_path: Path) -> None:
