@@ -63,6 +63,22 @@ def test_rerun_adds_only_missing_entries(crops: Path, tmp_path: Path) -> None:
     assert record["counts"] == {"done": 1, "skipped": 7, "failed": 0}
 
 
+def test_a_map_without_its_photo_is_stale_and_still_checked(crops: Path, tmp_path: Path) -> None:
+    """A key the cache lacks is stale; the map of a removed photo is reported as extra, and a damaged one as
+    corrupt too (verify reads every map it holds, not only those of the photos still there)."""
+    out = tmp_path / "maps.h5"
+    build_segcache(crops, out, config())
+    with SegmentationCache(out) as cache:
+        assert cache.is_stale("never-cached.jpg", crops / "crop_01.jpg")
+    (crops / "crop_03.jpg").unlink()
+    assert verify_segcache(crops, out).extra == ["crop_03.jpg"] and verify_segcache(crops, out).ok
+    with h5py.File(out, "r+") as handle:
+        handle[ENTRIES][entry_name("crop_03.jpg")][0, 0] = 200
+    report = verify_segcache(crops, out)
+    assert report.extra == ["crop_03.jpg"] and report.corrupt == [("crop_03.jpg", "label 200 outside 0..134")]
+    assert not report.ok
+
+
 def test_changed_photo_is_stale_and_only_it_is_redone(crops: Path, tmp_path: Path) -> None:
     out = tmp_path / "maps.h5"
     build_segcache(crops, out, config())
