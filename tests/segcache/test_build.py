@@ -116,8 +116,8 @@ def test_cache_of_other_weights_or_policy_is_refused_unless_overwrite(crops: Pat
         build_segcache(crops, out, config(weights=weights))
     with pytest.raises(IncompatibleInputError, match="resize_policy: photo's own size.*square 32x32"):
         build_segcache(crops, out, config(square=32))
-    both = (rf"^{re.escape(str(out))}: made with other settings \(weights_sha256: [^;]+; resize_policy: [^;]+\); "
-            r"use another OUT\.h5 or --overwrite$")
+    both = (rf"^{re.escape(str(out))}: made with other settings \(weights_sha256: [^;]+; thresholds: [^;]+; "
+            r"resize_policy: [^;]+\); use another OUT\.h5 or --overwrite$")
     with pytest.raises(IncompatibleInputError, match=both):  # every difference named, then the two ways out
         build_segcache(crops, out, config(weights=weights, square=32))
     summary = build_segcache(crops, out, config(weights=weights, overwrite=True))
