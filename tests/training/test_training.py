@@ -144,7 +144,8 @@ def test_nan_loss_stops_with_the_step_and_keeps_the_last_good_checkpoint(data: P
         return terms
 
     monkeypatch.setattr(trainer.model, "generator_losses", poisoned)
-    with pytest.raises(TrainingDivergedError, match="step 5: loss/G_A"):
+    last_good = tmp_path / "run" / "checkpoints" / "latest.pt"
+    with pytest.raises(TrainingDivergedError, match=f"step 5: loss/G_A.*the last good checkpoint is {last_good}$"):
         trainer.run()
     payload = load_checkpoint(tmp_path / "run" / "checkpoints" / "latest.pt")
     assert payload["position"]["step"] == 4
@@ -163,6 +164,11 @@ def test_an_existing_run_is_not_overwritten_and_resume_needs_one(data: Path, tmp
         Trainer(tiny_config(data, tmp_path, max_steps=1))
     with pytest.raises(AdvsegError, match="does not exist"):
         Trainer(tiny_config(data, tmp_path, name="other", resume=True))
+    with pytest.raises(AdvsegError, match="^--resume: the checkpoint is a cyclegan run, not pix2pix$"):
+        Trainer(tiny_config(data, tmp_path, model="pix2pix", resume=True))
+    with pytest.raises(AdvsegError, match="^--resume: the model options differ from the checkpoint's; resume with "
+                                          "the same options$"):
+        Trainer(tiny_config(data, tmp_path, resume=True, model_options={"ngf": 8}))
 
 
 def test_cli_dry_run_prints_the_papers_defaults(data: Path) -> None:
