@@ -17,7 +17,7 @@ from PIL import Image
 
 from advseg_cli.errors import AdvsegError, TrainingDivergedError
 from advseg_cli.training.checkpoint import load_checkpoint
-from advseg_cli.training.loop import TrainConfig, Trainer, linear_decay_factor, make_loader, train
+from advseg_cli.training.loop import Distributed, TrainConfig, Trainer, linear_decay_factor, make_loader, train
 from hed import canny
 from tests.helpers import PHOTO_NAMES, REPO, invoke_advseg, photo
 
@@ -76,6 +76,8 @@ def test_a_short_run_writes_the_whole_run_folder(data: Path, tmp_path: Path, mod
 def test_resume_equals_an_uninterrupted_run(data: Path, tmp_path: Path) -> None:
     whole = train(tiny_config(data, tmp_path / "a", max_steps=12))  # crosses epoch boundaries (8 steps/epoch)
     train(tiny_config(data, tmp_path / "b", max_steps=5))
+    with open(tmp_path / "b" / "run" / "metrics.csv", "a") as handle:  # rows a killed run logged after its checkpoint
+        handle.write("6,1,0.5\r\n7,1,0.5\r\n")
     resumed = train(tiny_config(data, tmp_path / "b", max_steps=12, resume=True))
     assert resumed.steps == 12
     assert losses(whole.run_dir) == losses(resumed.run_dir)  # bit-exact: same float strings
@@ -92,10 +94,12 @@ def test_each_epoch_is_the_samplers_seeded_shuffle_and_a_resume_skips_the_batche
 
     trainer = Trainer(tiny_config(data, tmp_path, max_steps=1, seed=3))
 
-    def order(epoch: int, skip: int = 0, batch_size: int = 1) -> list[int]:
+    def batches(epoch: int, skip: int = 0, batch_size: int = 1, ddp: Distributed = trainer.ddp) -> list[list[int]]:
         config = dataclasses.replace(trainer.config, batch_size=batch_size)
-        batches = make_loader(trainer.dataset, config, trainer.ddp, epoch, skip)
-        return [int(index) for batch in batches for index in batch["index"]]
+        return [batch["index"].tolist() for batch in make_loader(trainer.dataset, config, ddp, epoch, skip)]
+
+    def order(epoch: int, skip: int = 0, batch_size: int = 1) -> list[int]:
+        return [index for batch in batches(epoch, skip, batch_size) for index in batch]
 
     def sampler_order(epoch: int) -> list[int]:
         sampler = DistributedSampler(range(len(trainer.dataset)), num_replicas=1, rank=0, shuffle=True, seed=3)
@@ -106,6 +110,10 @@ def test_each_epoch_is_the_samplers_seeded_shuffle_and_a_resume_skips_the_batche
     assert first == sampler_order(1) and sorted(first) == list(range(8)) and first != list(range(8))
     assert order(2) == sampler_order(2) != first
     assert order(1, skip=3) == first[3:] and order(1, skip=1, batch_size=2) == first[2:]
+    assert batches(1, batch_size=3) == [first[0:3], first[3:6]]  # whole batches only: 8 // 3 steps an epoch
+    # three processes: disjoint shares of the same order, 8 // 3 = 2 each (none padded with repeats)
+    shares = [batches(1, ddp=Distributed(rank, 3)) for rank in range(3)]
+    assert [[index for batch in share for index in batch] for share in shares] == [first[r:6:3] for r in range(3)]
 
 
 def test_config_json_holds_the_resolved_model_and_the_data_layout(data: Path, tmp_path: Path) -> None:
@@ -115,6 +123,12 @@ def test_config_json_holds_the_resolved_model_and_the_data_layout(data: Path, tm
     layout = (stored["steps_per_epoch"], stored["world_size"], stored["segmenter"], stored["perceptual"])
     assert layout == (8, 1, None, None)
     assert stored["model"] == "pix2pix" and stored["max_steps"] == 1
+    from tests.helpers import write_vgg16_weights
+
+    vgg = write_vgg16_weights(tmp_path / "vgg16.pth")
+    painter = Trainer(tiny_config(data, tmp_path / "ap", model="autopainter", max_steps=1, perceptual_weights=vgg))
+    described = json.loads((painter.config.run_dir / "config.json").read_text())["perceptual"]
+    assert described == json.loads(json.dumps(painter.model.perceptual.describe())) and described["layer"] == "relu3_2"
 
 
 def test_same_seed_same_losses_other_seed_other_losses(data: Path, tmp_path: Path) -> None:
@@ -164,6 +178,8 @@ def test_an_existing_run_is_not_overwritten_and_resume_needs_one(data: Path, tmp
         Trainer(tiny_config(data, tmp_path, max_steps=1))
     with pytest.raises(AdvsegError, match="does not exist"):
         Trainer(tiny_config(data, tmp_path, name="other", resume=True))
+    resumed = Trainer(tiny_config(data, tmp_path, max_steps=2, resume=True))  # a NaN before its first save names it
+    assert resumed.last_good == tmp_path / "run" / "checkpoints" / "latest.pt" and resumed.position.step == 1
     with pytest.raises(AdvsegError, match="^--resume: the checkpoint is a cyclegan run, not pix2pix$"):
         Trainer(tiny_config(data, tmp_path, model="pix2pix", resume=True))
     with pytest.raises(AdvsegError, match="^--resume: the model options differ from the checkpoint's; resume with "
