@@ -135,7 +135,7 @@ def test_the_cached_real_side_is_the_computed_one_and_answers_only_to_its_key(fi
     assert third.real.source == "computed" and third.fid == pytest.approx(first.fid, rel=1e-9)
     (tmp_path / "none").mkdir()
     with pytest.raises(AdvsegError, match=f"^REAL {tmp_path / 'none'}: no image files found"):
-        compute_fid(tmp_path / "none", fake, config)  # the cached path names the side like the computed one
+        compute_fid(tmp_path / "none", fake, config)  # named by its side, before any network is loaded
 
 
 def test_damaged_cache_entry_is_recomputed_not_trusted(fid_env: Path, tmp_path: Path) -> None:
