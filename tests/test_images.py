@@ -193,6 +193,9 @@ def test_png_round_trip_and_validity_check(tmp_path: Path) -> None:
     data = (tmp_path / "g.png").read_bytes()
     (tmp_path / "cut.png").write_bytes(data[: len(data) // 2])
     assert not is_valid_png(tmp_path / "cut.png")
+    with pytest.raises(TypeError, match="^write_png expects uint8, got float64$"):
+        write_png(tmp_path / "f.png", gray.astype(np.float64))
+    assert not (tmp_path / "f.png").exists()
 
 
 def test_stale_temporaries_of_dead_writers_are_removed(tmp_path: Path) -> None:
