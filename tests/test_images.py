@@ -96,7 +96,9 @@ def test_every_mode_becomes_the_rgb_the_rules_give(tmp_path: Path, name: str) ->
     Image.fromarray(stored, mode).save(tmp_path / name)
     with Image.open(tmp_path / name) as image:
         assert image.mode == opened_as  # the decoder really produces the mode under test
-    np.testing.assert_array_equal(read_rgb(tmp_path / name), expected)
+    rgb = read_rgb(tmp_path / name)
+    assert rgb.dtype == np.uint8
+    np.testing.assert_array_equal(rgb, expected)
 
 
 @pytest.mark.parametrize("mode", ["P", "L", "RGB"])
