@@ -94,10 +94,16 @@ def test_binary_from_probs_sums_groups_and_passes_gradients() -> None:
 
 
 def test_one_hot_rejects_out_of_range_labels() -> None:
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match=r"^labels must lie in 0\.\.134$"):
         one_hot(torch.full((1, 2, 2), 135))
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match=r"^labels must be an integer tensor, got torch\.float32$"):
         one_hot(torch.zeros(1, 2, 2))  # float is not a label map
+    with pytest.raises(ValueError, match=r"^labels must be \[N,H,W\], got shape \(2, 2\)$"):
+        binary_from_labels(torch.zeros(2, 2, dtype=torch.uint8))
+    with pytest.raises(ValueError, match=r"^probs must be \[N,135,H,W\], got shape \(1, 3, 2, 2\)$"):
+        binary_from_probs(torch.zeros(1, 3, 2, 2))  # four dimensions, but not 135 classes
+    with pytest.raises(ValueError, match=r"^probs must be \[N,135,H,W\], got shape \(135, 2, 2\)$"):
+        binary_from_probs(torch.zeros(135, 2, 2))
 
 
 def test_palette_is_fixed_and_distinct() -> None:
