@@ -82,7 +82,7 @@ evidence: install ## Measure what the AdvSegLoss does in the shapes world; table
 MUTMUT ?= mutmut==3.8.1#       the mutation-testing tool make mutation installs (also: pip install -e .[mutation])
 MUTATION ?=#                   modules for make mutation (default: all of tests/mutation.py's TARGETS)
 
-mutation: install ## Mutation testing (mutmut, one module at a time with its own tests; ~1 h on 2 cores); see docs/testing.md
+mutation: install ## Mutation testing (mutmut, one module at a time with its own tests; under an hour on 2 cores); see docs/testing.md
 	$(PIP) install --quiet "$(MUTMUT)"
 	$(PY) -m tests.mutation $(MUTATION)
 
