@@ -40,7 +40,7 @@ NEED_INSTALL ?= $(STAMP)
 EXPAND_PATHS = sed -E 's|\$$\(VENV\)|$(VENV)|g; s|\$$\(STAMP\)|$(STAMP)|g'
 
 .DEFAULT_GOAL := help
-.PHONY: help install test demo bench clean reproduce table weights-check evidence browser FORCE
+.PHONY: help install test demo bench clean reproduce table weights-check evidence browser mutation FORCE
 
 help: ## List the targets and the variables a user may change
 	@echo "Targets:"
@@ -90,6 +90,13 @@ evidence: install ## Measure what the AdvSegLoss does in the shapes world; table
 	$(SEG_EFFECT)
 	mkdir -p docs/evidence
 	cp $(EVIDENCE_OUT)/table.md $(EVIDENCE_OUT)/results.json $(EVIDENCE_OUT)/plots/*.png docs/evidence/
+
+MUTMUT ?= mutmut==3.8.1#       the mutation-testing tool make mutation installs (also: pip install -e .[mutation])
+MUTATION ?=#                   modules for make mutation (default: all of tests/mutation.py's TARGETS)
+
+mutation: install ## Mutation testing (mutmut, one module at a time with its own tests; under an hour on 2 cores); see docs/testing.md
+	$(PIP) install --quiet "$(MUTMUT)"
+	$(PY) -m tests.mutation $(MUTATION)
 
 bench: install ## Run the benchmarks in bench/ and print their tables (see docs/benchmarks.md)
 	$(PY) bench/bench_edges.py

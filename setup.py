@@ -43,6 +43,7 @@ setup(
         "export": ["onnx>=1.15", "onnxruntime>=1.17"],
         # advseg serve. gradio declares pillow<13; `make install` keeps requirements.txt's pillow (see there)
         "serve": ["gradio>=5.0"],
+        "mutation": ["mutmut==3.8.1"],  # make mutation (tests/mutation.py drives mutmut 3's command line)
         # detectron2 (the paper's Panoptic FPN) is not on PyPI: see its installation guide.
     },
     entry_points={"console_scripts": ["advseg=advseg_cli.cli:main"]},

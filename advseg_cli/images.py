@@ -64,7 +64,7 @@ def _to_rgb(image: Image.Image) -> np.ndarray:
         scale = 255.0 if values.size and values.max() <= 1.0 else 1.0
         gray = np.clip(np.round(values * scale), 0, 255).astype(np.uint8)
         return np.repeat(gray[:, :, None], 3, axis=2)
-    if mode == "P" and "transparency" in image.info:
+    if mode in ("P", "L", "RGB") and "transparency" in image.info:  # a palette index or a colour key (PNG tRNS)
         image = image.convert("RGBA")
     if mode in ("RGBA", "LA", "PA") or image.mode == "RGBA":
         rgba = image.convert("RGBA")

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import importlib
+import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 import torch
 
-from tests.helpers import make_photo_folder
+from tests.helpers import HiddenPackage, make_photo_folder
 
 # One intra-op thread: tests run tiny networks, where thread start-up and spinning cost more than they
 # save, and a busy 2-core machine (CI, subprocesses of other tests) would otherwise oversubscribe.
@@ -20,6 +23,18 @@ def _isolated_home(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest
     monkeypatch.setenv("ADVSEG_HOME", str(tmp_path_factory.mktemp("advseg-home")))
     monkeypatch.setenv("TORCH_HOME", str(tmp_path_factory.mktemp("torch-home")))
     monkeypatch.setenv("ADVSEG_OFFLINE", "1")
+
+
+@pytest.fixture
+def without_detectron2(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """detectron2 cannot be imported inside the test, whether or not it is installed (modules already
+    imported are taken out of sys.modules for the test's duration, and put back after)."""
+    for name in [n for n in sys.modules if n == "detectron2" or n.startswith("detectron2.")]:
+        monkeypatch.delitem(sys.modules, name)
+    monkeypatch.setattr(sys, "meta_path", [HiddenPackage("detectron2"), *sys.meta_path])
+    with pytest.raises(ImportError):
+        importlib.import_module("detectron2.modeling")
+    yield
 
 
 @pytest.fixture

@@ -3,15 +3,20 @@ kind of CHECKPOINT (public-code files of both layouts, our checkpoint files, run
 
 from __future__ import annotations
 
+import contextlib
 import json
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
+import pytest
 from PIL import Image
 
 from advseg_cli.colorize import ColorizeConfig, colorize_folder, load_generator
 from advseg_cli.files import sha256_file
+from advseg_cli.models.networks import ResnetGenerator, UnetGenerator
 from tests.colorize.kit import (CPU, NAMES, assert_equal_up_to_summation_order, png, result_of, rounded, save_public,
                                 tiny_generator, trained_generator, training_input, write_sketches)
 from tests.models.test_public_checkpoints import advsegloss_resnet_layout, functional_resnet, randomised_state
@@ -144,11 +149,43 @@ def test_size_zero_keeps_odd_input_sizes(tmp_path: Path, public_resnet: Path) ->
     assert np.array_equal(result_of(out, "ok.png"), exact)
 
 
-def test_size_zero_with_a_unet_rounds_to_multiples_of_128(tmp_path: Path) -> None:
-    checkpoint = save_public(tiny_generator("unet_128", "batch", ngf=2, seed=5), tmp_path / "unet_net_G.pth")
-    folder = write_sketches(tmp_path / "odd", {"a.png": ("astronaut", 150, 100)})
+# arch -> (sketch width, height), the (height, width) colorize --size 0 must feed: the nearest multiples of 4
+# (ResNet: two stride-2 levels) or of the U-Net's nominal side, halves up. Written out, not computed.
+FEED_SIZES = {"resnet_6blocks": ((37, 45), (44, 36)), "resnet_9blocks": ((50, 30), (32, 52)),
+              "unet_128": ((200, 100), (128, 256)), "unet_256": ((300, 500), (512, 256))}
+
+
+@contextlib.contextmanager
+def generator_inputs() -> Iterator[list[tuple[int, ...]]]:
+    """The shapes of the inputs every generator's forward receives in the block: what colorize really feeds,
+    which the final (resized back) output cannot show."""
+    shapes: list[tuple[int, ...]] = []
+
+    def record(module: torch.nn.Module, args: tuple[Any, ...]) -> None:
+        if isinstance(module, (ResnetGenerator, UnetGenerator)):
+            shapes.append(tuple(args[0].shape))
+
+    handle = torch.nn.modules.module.register_module_forward_pre_hook(record)
+    try:
+        yield shapes
+    finally:
+        handle.remove()
+
+
+@torch.no_grad()
+@pytest.mark.parametrize("arch", sorted(FEED_SIZES))
+def test_size_zero_feeds_each_architecture_its_nearest_accepted_size(tmp_path: Path, arch: str) -> None:
+    (width, height), (fed_h, fed_w) = FEED_SIZES[arch]
+    generator = tiny_generator(arch, "instance" if arch.startswith("resnet") else "batch", ngf=2, seed=5)
+    checkpoint = save_public(generator, tmp_path / f"{arch}_net_G.pth")
+    folder = write_sketches(tmp_path / "odd", {"a.png": ("astronaut", width, height)})
     out = tmp_path / "out"
-    colorize_folder(checkpoint, folder, out, ColorizeConfig(size=0, **CPU))
-    assert result_of(out, "a.png").shape == (100, 150, 3)
+    with generator_inputs() as shapes:
+        colorize_folder(checkpoint, folder, out, ColorizeConfig(size=0, **CPU))
+    assert shapes == [(1, 3, fed_h, fed_w)], f"{arch}: fed {shapes}"
+    fed = np.array(Image.fromarray(png(folder / "a.png")).resize((fed_w, fed_h), Image.BICUBIC))
+    network = generator(torch.from_numpy(fed).float().div(127.5).sub(1)[None, None].expand(1, 3, -1, -1))
+    expected = np.asarray(Image.fromarray(rounded(network)).resize((width, height), Image.BICUBIC))
+    assert_equal_up_to_summation_order(result_of(out, "a.png"), expected, arch)
     record = json.loads((out / "advseg-run.json").read_text())
-    assert record["options"]["generator"]["arch"] == "unet_128"
+    assert record["options"]["generator"]["arch"] == arch

@@ -4,7 +4,9 @@ Inception runs at --dims 64 here (its first block only), which is fast on a CPU.
 
 from __future__ import annotations
 
+import datetime
 import json
+import time
 from pathlib import Path
 
 import numpy as np
@@ -14,8 +16,10 @@ from PIL import Image
 from pytorch_fid.fid_score import compute_statistics_of_path, get_activations
 from skimage import data
 
+from advseg_cli.errors import AdvsegError
 from advseg_cli.fid import (FidConfig, compute_fid, decode_image, folder_content_digest, folder_features,
-                            load_inception, resolve_inception_weights, statistics_cache_key)
+                            load_inception, read_statistics, resolve_inception_weights, statistics_cache_key,
+                            tool_versions)
 from advseg_cli.images import list_images, read_rgb
 from tests.fid.fid_testkit import cpu_options, photo_crops, run_fid, write_folder
 
@@ -93,9 +97,45 @@ def test_cache_key_follows_content_and_settings(fid_env: Path, tmp_path: Path) -
     pixels = np.array(Image.open(folder / "img_000.png"))
     pixels[0, 0] ^= 1
     Image.fromarray(pixels).save(folder / "img_000.png")  # same name and size, other content
-    assert folder_content_digest(folder, relatives) != digest
-    (folder / "img_000.png").rename(folder / "img_009.png")
-    assert folder_content_digest(folder, list_images(folder)) not in (digest,)
+    edited = folder_content_digest(folder, relatives)
+    assert edited != digest
+    # A rename alone, into a name that sorts in the same place (so the order of the contents is unchanged):
+    # only the paths in the digest can tell the folders apart, and the key must follow them.
+    (folder / "img_000.png").rename(folder / "img_000a.png")
+    renamed = list_images(folder)
+    assert [p.name for p in renamed] == ["img_000a.png", "img_001.png", "img_002.png"]
+    assert folder_content_digest(folder, renamed) != edited
+    assert key(FidConfig(), folder_content_digest(folder, renamed)) != key(FidConfig(), edited)
+
+
+def test_the_cached_real_side_is_the_computed_one_and_answers_only_to_its_key(fid_env: Path, tmp_path: Path) -> None:
+    """From the cache: the same features, label, image count and failures as when computed; the entry records
+    what it was computed from. An entry whose recorded key is another folder's (a file copied or renamed by
+    hand) is recomputed, not trusted."""
+    real = write_folder(tmp_path / "real", photo_crops([data.astronaut()], 3, 32, seed=6))
+    (real / "empty.jpg").write_bytes(b"")
+    fake = write_folder(tmp_path / "fake", photo_crops([data.chelsea()], 3, 32, seed=7))
+    config = FidConfig(dims=64, device="cpu", quiet=True)
+    first, second = compute_fid(real, fake, config), compute_fid(real, fake, config)
+    assert (first.real.source, second.real.source) == ("computed", "cache")
+    for field in ("label", "path", "kind", "images", "failures", "cache_file"):
+        assert getattr(second.real, field) == getattr(first.real, field), field
+    assert [failure["input"] for failure in first.real.failures] == ["empty.jpg"]
+    np.testing.assert_array_equal(second.real.features, first.real.features)
+    meta = read_statistics(first.real.cache_file, "REAL")[3]  # the entry says what it was computed from, and how
+    expected = {"folder": str(real.resolve()), "images": 3, "failures": first.real.failures, "dims": 64,
+                "decode": config.decode, "weights_sha256": first.weights.sha256, "batch_size": config.batch_size,
+                "device": "cpu", "versions": tool_versions()}
+    assert {name: meta.get(name) for name in expected} == expected
+    assert abs(datetime.datetime.strptime(meta["created"], "%Y-%m-%dT%H:%M:%S%z").timestamp() - time.time()) < 600
+    other = write_folder(tmp_path / "other", photo_crops([data.coffee()], 3, 32, seed=8))
+    other_entry = compute_fid(other, fake, config).real.cache_file
+    first.real.cache_file.write_bytes(other_entry.read_bytes())  # another folder's statistics under this key
+    third = compute_fid(real, fake, config)
+    assert third.real.source == "computed" and third.fid == pytest.approx(first.fid, rel=1e-9)
+    (tmp_path / "none").mkdir()
+    with pytest.raises(AdvsegError, match=f"^REAL {tmp_path / 'none'}: no image files found"):
+        compute_fid(tmp_path / "none", fake, config)  # named by its side, before any network is loaded
 
 
 def test_damaged_cache_entry_is_recomputed_not_trusted(fid_env: Path, tmp_path: Path) -> None:

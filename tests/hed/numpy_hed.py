@@ -74,8 +74,12 @@ def resize_bilinear(x: np.ndarray, h: int, w: int) -> np.ndarray:
     return rows[:, x0] * (1 - fx)[None, :, None] + rows[:, x1] * fx[None, :, None]
 
 
-def hed_forward(rgb: np.ndarray, layers: dict) -> tuple[list[np.ndarray], np.ndarray]:
-    """uint8/float RGB (H, W, 3) in 0..255 -> ([5 side logits (H, W)], fused probability (H, W))."""
+def hed_logits(rgb: np.ndarray, layers: dict) -> tuple[list[np.ndarray], np.ndarray]:
+    """uint8/float RGB (H, W, 3) in 0..255 -> ([5 side logits (H, W)], fused logit (H, W)).
+
+    The logits, not the probability: with random weights the fused sigmoid saturates at 0 or 1, which
+    would hide a wrong layer; the logits keep every difference.
+    """
     h, w, _ = rgb.shape
     x = rgb[:, :, ::-1].astype(np.float64) - MEAN_BGR
     sides = []
@@ -88,5 +92,10 @@ def hed_forward(rgb: np.ndarray, layers: dict) -> tuple[list[np.ndarray], np.nda
         side = conv_same(x, kernel, bias)
         sides.append(resize_bilinear(side, h, w)[:, :, 0])
     kernel, bias = layers["fuse"][0]
-    fused = conv_same(np.stack(sides, axis=-1), kernel, bias)[:, :, 0]
+    return sides, conv_same(np.stack(sides, axis=-1), kernel, bias)[:, :, 0]
+
+
+def hed_forward(rgb: np.ndarray, layers: dict) -> tuple[list[np.ndarray], np.ndarray]:
+    """uint8/float RGB (H, W, 3) in 0..255 -> ([5 side logits (H, W)], fused probability (H, W))."""
+    sides, fused = hed_logits(rgb, layers)
     return sides, 1.0 / (1.0 + np.exp(-fused))

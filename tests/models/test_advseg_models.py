@@ -6,7 +6,6 @@ differentiable Seg (tests/models/conftest.py).
 
 from __future__ import annotations
 
-import copy
 import io
 import itertools
 
@@ -316,12 +315,24 @@ def test_one_channel_sketches_without_identity(seg: PixelwiseSeg) -> None:
     assert model.G_A.spec.in_ch == 1 and model.G_B.spec.out_ch == 1
 
 
-def test_model_state_can_be_copied_into_a_twin(seg: PixelwiseSeg) -> None:
-    model = tiny("pix2pix", seg, advseg="multi")
-    twin = copy.deepcopy(model)
-    assert twin.seg is seg or isinstance(twin.seg, PixelwiseSeg)
-    for (name, a), (_, b) in zip(model.state_dict().items(), twin.state_dict().items()):
-        assert torch.equal(a, b), name
+def test_a_twin_loaded_with_the_state_dict_computes_the_same_losses(seg: PixelwiseSeg) -> None:
+    """The state dict holds every weight the losses depend on (D_M included; Seg is shared, not copied): a
+    twin built with other random weights computes other losses, and after load_state_dict exactly these."""
+    batch = real_batch(seg)
+
+    def losses(model: Pix2PixAdvSeg) -> dict[str, float]:
+        torch.manual_seed(5)  # the same dropout masks for both
+        fakes = model.translate(batch)
+        terms = {f"G/{k}": v.item() for k, v in model.generator_losses(batch, fakes).items()}
+        return terms | {f"D/{k}": v.item() for k, v in model.discriminator_losses(batch, fakes).items()}
+
+    model, twin = tiny("pix2pix", seg, seed=0, advseg="multi"), tiny("pix2pix", seg, seed=1, advseg="multi")
+    reference = losses(model)
+    other = losses(twin)
+    assert all(other[name] != value for name, value in reference.items()), (other, reference)
+    twin.load_state_dict(model.state_dict())
+    assert losses(twin) == reference
+    assert twin.seg is model.seg
 
 
 @pytest.mark.parametrize("model_name", ["cyclegan", "pix2pix"])

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import re
 from pathlib import Path
 
 import h5py
@@ -63,6 +64,22 @@ def test_rerun_adds_only_missing_entries(crops: Path, tmp_path: Path) -> None:
     assert record["counts"] == {"done": 1, "skipped": 7, "failed": 0}
 
 
+def test_a_map_without_its_photo_is_stale_and_still_checked(crops: Path, tmp_path: Path) -> None:
+    """A key the cache lacks is stale; the map of a removed photo is reported as extra, and a damaged one as
+    corrupt too (verify reads every map it holds, not only those of the photos still there)."""
+    out = tmp_path / "maps.h5"
+    build_segcache(crops, out, config())
+    with SegmentationCache(out) as cache:
+        assert cache.is_stale("never-cached.jpg", crops / "crop_01.jpg")
+    (crops / "crop_03.jpg").unlink()
+    assert verify_segcache(crops, out).extra == ["crop_03.jpg"] and verify_segcache(crops, out).ok
+    with h5py.File(out, "r+") as handle:
+        handle[ENTRIES][entry_name("crop_03.jpg")][0, 0] = 200
+    report = verify_segcache(crops, out)
+    assert report.extra == ["crop_03.jpg"] and report.corrupt == [("crop_03.jpg", "label 200 outside 0..134")]
+    assert not report.ok
+
+
 def test_changed_photo_is_stale_and_only_it_is_redone(crops: Path, tmp_path: Path) -> None:
     out = tmp_path / "maps.h5"
     build_segcache(crops, out, config())
@@ -99,6 +116,10 @@ def test_cache_of_other_weights_or_policy_is_refused_unless_overwrite(crops: Pat
         build_segcache(crops, out, config(weights=weights))
     with pytest.raises(IncompatibleInputError, match="resize_policy: photo's own size.*square 32x32"):
         build_segcache(crops, out, config(square=32))
+    both = (rf"^{re.escape(str(out))}: made with other settings \(weights_sha256: [^;]+; thresholds: [^;]+; "
+            r"resize_policy: [^;]+\); use another OUT\.h5 or --overwrite$")
+    with pytest.raises(IncompatibleInputError, match=both):  # every difference named, then the two ways out
+        build_segcache(crops, out, config(weights=weights, square=32))
     summary = build_segcache(crops, out, config(weights=weights, overwrite=True))
     assert summary.done == 8
     with SegmentationCache(out) as cache:

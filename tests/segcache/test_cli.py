@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 from pathlib import Path
 
@@ -151,7 +150,7 @@ def test_user_mistakes_are_one_line_with_exit_2(crops: Path, tmp_path: Path, bui
     assert code == 2 and "--size and --square exclude each other" in stderr
 
 
-@pytest.mark.skipif(importlib.util.find_spec("detectron2") is not None, reason="detectron2 is installed here")
+@pytest.mark.usefixtures("without_detectron2")
 def test_default_backend_without_detectron2_names_the_other_backend(crops: Path, tmp_path: Path) -> None:
     code, _, stderr = advseg("segcache", crops, tmp_path / "x.h5", "--device", "cpu")
     assert code == 2 and stderr.count("\n") == 1

@@ -1,8 +1,8 @@
 """The panoptic-fpn backend: conversion of detectron2's panoptic output to the 135 layout, soft maps.
 
-The pure parts (the conversion, mask pasting, the checkpoint reader, the error without detectron2)
-always run. The parts that need detectron2 run when it is importable, on the real model-zoo
-architecture (Panoptic FPN R50-FPN 3x config) with random weights.
+The pure parts (the conversion, mask pasting, the checkpoint reader, the error without detectron2, which
+hides it from the import system where it is installed) always run. The parts that need detectron2 run when
+it is importable, on the real model-zoo architecture (Panoptic FPN R50-FPN 3x config) with random weights.
 """
 
 from __future__ import annotations
@@ -89,7 +89,7 @@ def test_checkpoint_reader_takes_arrays_and_refuses_code(tmp_path: Path) -> None
     assert not (tmp_path / "pwned").exists()
 
 
-@pytest.mark.skipif(HAS_DETECTRON2, reason="checks the message shown when detectron2 is missing")
+@pytest.mark.usefixtures("without_detectron2")
 def test_without_detectron2_the_error_points_to_its_guide_and_the_other_backend(tmp_path: Path) -> None:
     with pytest.raises(AdvsegError) as error:
         build_segmenter("panoptic-fpn", tmp_path / "model_final_c10459.pkl", torch.device("cpu"))
@@ -116,7 +116,7 @@ def test_missing_weights_error_is_one_line(tmp_path: Path, monkeypatch: pytest.M
     assert check_segmenter_weights("panoptic-fpn", named) == f"{named.resolve()} (explicit)"
 
 
-@pytest.mark.skipif(HAS_DETECTRON2, reason="checks the message shown when detectron2 is missing")
+@pytest.mark.usefixtures("without_detectron2")
 def test_the_preflight_without_detectron2_says_how_to_install_it(tmp_path: Path) -> None:
     with pytest.raises(AdvsegError, match="needs detectron2"):
         check_segmenter_weights("panoptic-fpn", tmp_path / "model_final_c10459.pkl")

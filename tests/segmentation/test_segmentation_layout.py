@@ -94,19 +94,36 @@ def test_binary_from_probs_sums_groups_and_passes_gradients() -> None:
 
 
 def test_one_hot_rejects_out_of_range_labels() -> None:
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match=r"^labels must lie in 0\.\.134$"):
         one_hot(torch.full((1, 2, 2), 135))
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match=r"^labels must be an integer tensor, got torch\.float32$"):
         one_hot(torch.zeros(1, 2, 2))  # float is not a label map
+    with pytest.raises(ValueError, match=r"^labels must be \[N,H,W\], got shape \(2, 2\)$"):
+        binary_from_labels(torch.zeros(2, 2, dtype=torch.uint8))
+    with pytest.raises(ValueError, match=r"^probs must be \[N,135,H,W\], got shape \(1, 3, 2, 2\)$"):
+        binary_from_probs(torch.zeros(1, 3, 2, 2))  # four dimensions, but not 135 classes
+    with pytest.raises(ValueError, match=r"^probs must be \[N,135,H,W\], got shape \(135, 2, 2\)$"):
+        binary_from_probs(torch.zeros(135, 2, 2))
 
 
 def test_palette_is_fixed_and_distinct() -> None:
+    """Black for unlabeled and the always-empty class 81, a colour of its own for every other class: things at
+    HSV value 0.95 and saturation 0.85, stuff at 0.70 / 0.55 (up to 8-bit rounding); colorize looks it up."""
+    from advseg_cli.segmentation.maps import colorize
+
     colors = palette()
     assert colors.shape == (135, 3) and colors.dtype == np.uint8
     assert np.array_equal(colors, palette())
     assert colors[0].tolist() == [0, 0, 0] and colors[81].tolist() == [0, 0, 0]
     labeled = [tuple(colors[i]) for i in (*THING_IDS, *STUFF_IDS)]
     assert len(set(labeled)) == len(labeled) and (0, 0, 0) not in labeled
+    high, low = colors.max(axis=1).astype(float), colors.min(axis=1).astype(float)
+    for index in (*THING_IDS, *STUFF_IDS):
+        value, saturation = (0.95, 0.85) if IS_THING[index] else (0.70, 0.55)
+        assert abs(high[index] - 255 * value) <= 0.5, index
+        assert abs((high[index] - low[index]) / high[index] - saturation) < 0.01, index
+    labels = np.array([[0, 1], [81, 134]])
+    np.testing.assert_array_equal(colorize(labels), colors[labels])
 
 
 def test_uint8_photos_become_model_range_in_either_layout() -> None:
@@ -118,3 +135,4 @@ def test_uint8_photos_become_model_range_in_either_layout() -> None:
     assert torch.allclose(from_nhwc[0, :, 0, 0], torch.tensor([-1.0, 128 / 127.5 - 1, 1.0]), atol=1e-6)
     with pytest.raises(ValueError):
         uint8_to_model_range(photos.astype(np.float32))
+

@@ -8,7 +8,8 @@ states, image pools, the gradient scaler, the RNG states). The runs are set up s
 can lose matters: dropout is on (a shifted global RNG changes every later mask), the pools hold 2 images
 (full after 2 steps, then every query draws from the RNG), an epoch has 2 steps (both parts cross an epoch
 boundary, so the resumed part continues a schedule that has already stepped) and the learning rate decays
-from epoch 2 on.
+from epoch 2 on. The epoch snapshots (one per epoch here) must be the same in both runs, taken as each epoch
+ended.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ from advseg_cli.training.loop import train
 from tests.helpers import write_vgg16_weights
 from tests.training.test_training import make_dataset, tiny_config
 
-RESUME_SETTINGS = {"max_items": 2, "epochs": 1, "epochs_decay": 3, "save_every": 100}
+RESUME_SETTINGS = {"max_items": 2, "epochs": 1, "epochs_decay": 3, "save_every": 100, "save_epoch_every": 1}
 
 
 @pytest.fixture(scope="module")
@@ -69,6 +70,13 @@ def straight_and_resumed(config: Any, runs: Path) -> tuple[dict[str, Any], dict[
     train(dataclasses.replace(config, runs_dir=runs / "resumed", max_steps=3))
     resumed = train(dataclasses.replace(config, runs_dir=runs / "resumed", max_steps=6, resume=True))
     assert resumed.steps == 6 and resumed.epoch == 3  # resumed in epoch 2, ended in epoch 3, both decaying
+    snapshots = ["epoch_001.pt", "epoch_002.pt", "latest.pt"]  # epochs 1 and 2 ended (2 steps each), 3 did not
+    for run in (whole, resumed):
+        assert sorted(p.name for p in (run.run_dir / "checkpoints").iterdir()) == snapshots
+    for epoch in (1, 2):  # each taken as its epoch ended, the same in both runs
+        a, b = (load_checkpoint(run.run_dir / "checkpoints" / f"epoch_{epoch:03d}.pt") for run in (whole, resumed))
+        assert a["position"] == {"step": 2 * epoch, "epoch": epoch + 1, "batch": 0}
+        assert_same_tree(a["model"], b["model"], f"epoch_{epoch:03d}.model")
     a = load_checkpoint(whole.run_dir / "checkpoints" / "latest.pt")
     b = load_checkpoint(resumed.run_dir / "checkpoints" / "latest.pt")
     a.pop("train_config"), b.pop("train_config")  # the resumed run's options say resume=True

@@ -17,7 +17,7 @@ from PIL import Image
 
 from advseg_cli.errors import AdvsegError, TrainingDivergedError
 from advseg_cli.training.checkpoint import load_checkpoint
-from advseg_cli.training.loop import TrainConfig, Trainer, linear_decay_factor, train
+from advseg_cli.training.loop import Distributed, TrainConfig, Trainer, linear_decay_factor, make_loader, train
 from hed import canny
 from tests.helpers import PHOTO_NAMES, REPO, invoke_advseg, photo
 
@@ -76,12 +76,59 @@ def test_a_short_run_writes_the_whole_run_folder(data: Path, tmp_path: Path, mod
 def test_resume_equals_an_uninterrupted_run(data: Path, tmp_path: Path) -> None:
     whole = train(tiny_config(data, tmp_path / "a", max_steps=12))  # crosses epoch boundaries (8 steps/epoch)
     train(tiny_config(data, tmp_path / "b", max_steps=5))
+    with open(tmp_path / "b" / "run" / "metrics.csv", "a") as handle:  # rows a killed run logged after its checkpoint
+        handle.write("6,1,0.5\r\n7,1,0.5\r\n")
     resumed = train(tiny_config(data, tmp_path / "b", max_steps=12, resume=True))
     assert resumed.steps == 12
     assert losses(whole.run_dir) == losses(resumed.run_dir)  # bit-exact: same float strings
     a = load_checkpoint(whole.run_dir / "checkpoints" / "latest.pt")["model"]
     b = load_checkpoint(resumed.run_dir / "checkpoints" / "latest.pt")["model"]
     assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_each_epoch_is_the_samplers_seeded_shuffle_and_a_resume_skips_the_batches_done(data: Path,
+                                                                                     tmp_path: Path) -> None:
+    """The order of an epoch is DistributedSampler's (seed, epoch) permutation of every sample, computed here by
+    torch's own sampler; another epoch is another order; resuming after k batches starts at sample k * batch."""
+    from torch.utils.data import DistributedSampler
+
+    trainer = Trainer(tiny_config(data, tmp_path, max_steps=1, seed=3))
+
+    def batches(epoch: int, skip: int = 0, batch_size: int = 1, ddp: Distributed = trainer.ddp) -> list[list[int]]:
+        config = dataclasses.replace(trainer.config, batch_size=batch_size)
+        return [batch["index"].tolist() for batch in make_loader(trainer.dataset, config, ddp, epoch, skip)]
+
+    def order(epoch: int, skip: int = 0, batch_size: int = 1) -> list[int]:
+        return [index for batch in batches(epoch, skip, batch_size) for index in batch]
+
+    def sampler_order(epoch: int) -> list[int]:
+        sampler = DistributedSampler(range(len(trainer.dataset)), num_replicas=1, rank=0, shuffle=True, seed=3)
+        sampler.set_epoch(epoch)
+        return list(sampler)
+
+    first = order(1)
+    assert first == sampler_order(1) and sorted(first) == list(range(8)) and first != list(range(8))
+    assert order(2) == sampler_order(2) != first
+    assert order(1, skip=3) == first[3:] and order(1, skip=1, batch_size=2) == first[2:]
+    assert batches(1, batch_size=3) == [first[0:3], first[3:6]]  # whole batches only: 8 // 3 steps an epoch
+    # three processes: disjoint shares of the same order, 8 // 3 = 2 each (none padded with repeats)
+    shares = [batches(1, ddp=Distributed(rank, 3)) for rank in range(3)]
+    assert [[index for batch in share for index in batch] for share in shares] == [first[r:6:3] for r in range(3)]
+
+
+def test_config_json_holds_the_resolved_model_and_the_data_layout(data: Path, tmp_path: Path) -> None:
+    trainer = Trainer(tiny_config(data, tmp_path, model="pix2pix", max_steps=1))
+    stored = json.loads((trainer.config.run_dir / "config.json").read_text())
+    assert stored["model_config"] == dataclasses.asdict(trainer.model.config) and stored["model_config"]["ngf"] == 4
+    layout = (stored["steps_per_epoch"], stored["world_size"], stored["segmenter"], stored["perceptual"])
+    assert layout == (8, 1, None, None)
+    assert stored["model"] == "pix2pix" and stored["max_steps"] == 1
+    from tests.helpers import write_vgg16_weights
+
+    vgg = write_vgg16_weights(tmp_path / "vgg16.pth")
+    painter = Trainer(tiny_config(data, tmp_path / "ap", model="autopainter", max_steps=1, perceptual_weights=vgg))
+    described = json.loads((painter.config.run_dir / "config.json").read_text())["perceptual"]
+    assert described == json.loads(json.dumps(painter.model.perceptual.describe())) and described["layer"] == "relu3_2"
 
 
 def test_same_seed_same_losses_other_seed_other_losses(data: Path, tmp_path: Path) -> None:
@@ -111,7 +158,8 @@ def test_nan_loss_stops_with_the_step_and_keeps_the_last_good_checkpoint(data: P
         return terms
 
     monkeypatch.setattr(trainer.model, "generator_losses", poisoned)
-    with pytest.raises(TrainingDivergedError, match="step 5: loss/G_A"):
+    last_good = tmp_path / "run" / "checkpoints" / "latest.pt"
+    with pytest.raises(TrainingDivergedError, match=f"step 5: loss/G_A.*the last good checkpoint is {last_good}$"):
         trainer.run()
     payload = load_checkpoint(tmp_path / "run" / "checkpoints" / "latest.pt")
     assert payload["position"]["step"] == 4
@@ -130,6 +178,13 @@ def test_an_existing_run_is_not_overwritten_and_resume_needs_one(data: Path, tmp
         Trainer(tiny_config(data, tmp_path, max_steps=1))
     with pytest.raises(AdvsegError, match="does not exist"):
         Trainer(tiny_config(data, tmp_path, name="other", resume=True))
+    resumed = Trainer(tiny_config(data, tmp_path, max_steps=2, resume=True))  # a NaN before its first save names it
+    assert resumed.last_good == tmp_path / "run" / "checkpoints" / "latest.pt" and resumed.position.step == 1
+    with pytest.raises(AdvsegError, match="^--resume: the checkpoint is a cyclegan run, not pix2pix$"):
+        Trainer(tiny_config(data, tmp_path, model="pix2pix", resume=True))
+    with pytest.raises(AdvsegError, match="^--resume: the model options differ from the checkpoint's; resume with "
+                                          "the same options$"):
+        Trainer(tiny_config(data, tmp_path, resume=True, model_options={"ngf": 8}))
 
 
 def test_cli_dry_run_prints_the_papers_defaults(data: Path) -> None:
@@ -143,17 +198,63 @@ def test_cli_dry_run_prints_the_papers_defaults(data: Path) -> None:
     assert missing.returncode == 2 and "--segcache" in missing.stderr
 
 
-def test_two_process_ddp_keeps_parameters_identical(data: Path, tmp_path: Path) -> None:
+def ddp_config(data: Path, runs: Path, **changes: object) -> TrainConfig:
+    """The two-process run of ``ddp_worker.py`` (batch 1 per rank), and with ``batch_size=2`` its one-process twin.
+
+    Chosen so that averaging two ranks' gradients is exactly the gradient of one process on both ranks'
+    batches concatenated: every loss is a mean over equal-sized samples, no normalisation layers (batch norm
+    pools statistics across the batch; instance norm leaves the bias before it a gradient that is 0 in theory,
+    which Adam's first steps turn from rounding noise into +-lr), no image pool (whose history differs per
+    rank) and no dropout (whose masks come from per-process RNG streams). The sampler gives rank r samples
+    r, r+2, ... of one shuffled order, so step k of the ranks sees the two samples of the twin's step k.
+    """
+    base = tiny_config(data, runs, max_steps=3, workers=0, model_options={"pool_size": 0, "norm": "none",
+                                                                          "dropout": False})
+    return dataclasses.replace(base, **changes)
+
+
+def test_two_process_training_equals_one_process_on_both_ranks_batches(data: Path, tmp_path: Path) -> None:
+    """torchrun with 2 processes leaves the weights of one process training on the union of their batches.
+
+    Both ranks ending equal is not enough (taking rank 0's gradients on every rank keeps them equal too);
+    they must equal the twin. The tolerance is float summation order: the two-process gradient is
+    (sum over rank 0's sample + sum over rank 1's) / 2 summed by gloo, the twin's one backward over the batch of
+    2 sums the same terms in another order. Measured: at most 6e-9 apart after 3 Adam steps, one or two float32
+    ulps of weights of size ~0.05; a wrong average moves weights by up to 2 learning rates (4e-4) per step.
+    The last step's gradients are compared too: Adam hardly sees a gradient's scale, so a sum in place of the
+    mean shows there most plainly (100% off).
+    """
     env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
-    result = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", str(REPO / "tests" / "training" / "ddp_worker.py"),
-                             str(data), str(tmp_path)], cwd=REPO, env=env, capture_output=True, text=True,
-                            timeout=300)
+    result = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+                             str(REPO / "tests" / "training" / "ddp_worker.py"), str(data), str(tmp_path)],
+                            cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
     zero, one = torch.load(tmp_path / "rank0.pt"), torch.load(tmp_path / "rank1.pt")
     assert zero.keys() == one.keys()
     assert all(torch.equal(zero[k], one[k]) for k in zero)
     assert torch.load(tmp_path / "spe0.pt") == 4  # each rank took half of the 8 samples
     assert (tmp_path / "order.txt").read_text() == "0\n1\n"  # main_process_first: rank 0's block ran first
+    twin = Trainer(ddp_config(data, tmp_path / "one-process", name="union", batch_size=2))
+    twin.run()
+    assert twin.steps_per_epoch == 4
+    expected = dict(twin.model.named_parameters())
+    assert zero.keys() == expected.keys()
+    start = Trainer(ddp_config(data, tmp_path / "start", name="start")).model.state_dict()
+    gradients = torch.load(tmp_path / "grad0.pt")
+    for name, value in zero.items():
+        moved = (expected[name].detach() - start[name]).abs().max().item()
+        assert moved > 1e-4, f"{name} did not train"  # the comparison below says something about every tensor
+        difference = (value - expected[name].detach()).abs().max().item()
+        assert difference < 1e-6, f"{name}: differs from one process on both batches by {difference:.3g}"
+        assert_close_gradients(gradients[name], expected[name].grad, name)
+
+
+def assert_close_gradients(actual: torch.Tensor, expected: torch.Tensor, name: str) -> None:
+    """Equal up to summation order (measured: 2e-5 of the tensor's largest gradient); a sum is 100% off."""
+    scale = expected.abs().max().item()
+    assert scale > 0, f"{name}: no gradient"
+    error = (actual - expected).abs().max().item() / scale
+    assert error < 1e-3, f"{name}: the last step's gradient is {error:.3g} (relative) off the one-process one"
 
 
 def test_init_from_public_generator_weights_starts_a_new_run_at_step_0(data: Path, tmp_path: Path) -> None:
