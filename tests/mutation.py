@@ -58,7 +58,8 @@ TARGETS = (
     Target("segmentation-maps", "advseg_cli/segmentation/maps.py",
            ("tests/models/test_seg_grad_straight.py", "tests/segcache/test_format.py",
             "tests/segmentation/test_segmentation_layout.py")),
-    Target("weights", "advseg_cli/weights.py", ("tests/test_weights_and_records.py",)),
+    Target("weights", "advseg_cli/weights.py",
+           ("tests/test_weights_and_records.py", "tests/test_weights_resolution.py")),
     Target("checkpoint", "advseg_cli/training/checkpoint.py",
            ("tests/training/test_checkpoint.py", f"{RESUME_TEST}[pix2pix-0]")),
     Target("training-resume", "advseg_cli/training/loop.py",
@@ -185,6 +186,7 @@ def recheck_target(target: Target) -> tuple[dict[str, str], float]:
     folder = WORK / target.name
     survivors = [name for name, status in statuses(folder, target).items() if status != "killed"]
     shutil.copytree(REPO / "tests", folder / "tests", dirs_exist_ok=True)
+    write_config(folder, target)  # the target's test selection may have grown since the run
     started = time.monotonic()
     if survivors:
         with open(folder / "mutmut-recheck.log", "w") as log:
