@@ -85,7 +85,7 @@ def test_a_crop_size_is_refused_before_any_side_effect_exactly_when_training_fai
         return
     assert a_real_step_fails(data, tmp_path / "reference", arch, model, crop, load, monkeypatch), \
         f"refused a size that trains: {result.stderr}"
-    proposed = [int(size) for size in re.findall(r"\d+", result.stderr.split("nearby:")[1].split("(")[0])]
+    proposed = [int(size) for size in re.findall(r"\d+", result.stderr.split("nearby:")[1].split("(")[0].split(";")[0])]
     assert proposed, result.stderr
     for size in (s for s in proposed if s <= 256):  # following the advice works (larger ones: too slow here)
         accepted = cli_step(data, tmp_path / "runs", arch, model, size, max(size, load), name=f"p{size}")
