@@ -125,3 +125,56 @@ def test_the_downloader_gets_the_file_name_and_the_way_around_an_unreachable_hos
                                           "--net-weights PATH"}]
     assert str(error.value) == (f"cannot download {PREFIXED.filename} (HTTP 404); download it from the authors, "
                                 f"put it in {tmp_path} or pass --net-weights PATH")
+
+
+def test_an_empty_registry_says_none_are_known(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(weights, "_REGISTRY", {})
+    with pytest.raises(WeightsNotFoundError, match=r"^unknown weights 'x'; known: none$"):
+        weights.weights_spec("x")
+
+
+def test_a_missing_file_says_where_to_put_it_torch_hub_too_where_that_is_searched(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, registered: None) -> None:
+    import torch.hub
+
+    monkeypatch.setenv("ADVSEG_HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("ADVSEG_OFFLINE", "1")
+    monkeypatch.setattr(torch.hub, "_hub_dir", None)
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+    with pytest.raises(WeightsNotFoundError) as hub_searched:
+        weights.resolve_weights(PREFIXED.name)
+    assert str(hub_searched.value) == (f"{PREFIXED.filename} not found: download it from the authors, then put it in "
+                                       f"{tmp_path / 'home'} or {tmp_path / 'torch' / 'hub' / 'checkpoints'} or pass "
+                                       "--net-weights PATH")
+    with pytest.raises(WeightsNotFoundError) as cache_only:
+        weights.resolve_weights(FULL.name)
+    assert str(cache_only.value) == (f"{FULL.filename} not found: ask the authors, then put it in {tmp_path / 'home'} "
+                                     "or pass --full-weights PATH")
+
+
+def test_a_tensor_file_is_read_without_code_and_anything_else_is_one_line(tmp_path: Path) -> None:
+    import pickle
+
+    import torch
+
+    good = tmp_path / "good.pth"
+    torch.save({1: torch.ones(2), "b": torch.zeros(1)}, good)
+    content = weights.read_tensor_file(good, "a state dict")
+    assert list(content) == ["1", "b"] and torch.equal(content["1"], torch.ones(2))
+    for name, payload, reason in [("list.pth", [torch.ones(1)], "found list"), ("empty.pth", {}, "found dict")]:
+        torch.save(payload, tmp_path / name)
+        with pytest.raises(WeightsMismatchError) as error:
+            weights.read_tensor_file(tmp_path / name, "a state dict")
+        assert str(error.value) == f"{tmp_path / name}: expected a state dict (name -> tensor), {reason}"
+
+    class Runs:
+        def __reduce__(self) -> tuple:
+            return (print, ("code ran",))
+
+    (tmp_path / "code.pth").write_bytes(pickle.dumps({"w": Runs()}))
+    with pytest.raises(WeightsMismatchError, match=r"not a PyTorch state dict that can be read safely "
+                                                   r"\(weights_only=True\): \S"):
+        weights.read_tensor_file(tmp_path / "code.pth", "a state dict")
+    (tmp_path / "empty-file.pth").write_bytes(b"")
+    with pytest.raises(WeightsMismatchError, match=r"read safely \(weights_only=True\): \S"):
+        weights.read_tensor_file(tmp_path / "empty-file.pth", "a state dict")
