@@ -171,10 +171,30 @@ def test_a_tensor_file_is_read_without_code_and_anything_else_is_one_line(tmp_pa
         def __reduce__(self) -> tuple:
             return (print, ("code ran",))
 
-    (tmp_path / "code.pth").write_bytes(pickle.dumps({"w": Runs()}))
-    with pytest.raises(WeightsMismatchError, match=r"not a PyTorch state dict that can be read safely "
-                                                   r"\(weights_only=True\): \S"):
-        weights.read_tensor_file(tmp_path / "code.pth", "a state dict")
+    torch.save({"w": Runs()}, tmp_path / "code.pth")  # a real torch file whose unpickling would run code
     (tmp_path / "empty-file.pth").write_bytes(b"")
-    with pytest.raises(WeightsMismatchError, match=r"read safely \(weights_only=True\): \S"):
-        weights.read_tensor_file(tmp_path / "empty-file.pth", "a state dict")
+    for name in ("code.pth", "empty-file.pth"):
+        with pytest.raises(WeightsMismatchError) as error:
+            weights.read_tensor_file(tmp_path / name, "a state dict")
+        assert str(error.value) == f"{tmp_path / name}: not a PyTorch state dict that can be read safely " \
+                                   f"(weights_only=True): {first_line_of_torchs_refusal(tmp_path / name)}"
+
+
+def first_line_of_torchs_refusal(path: Path) -> str:
+    """The reference: what torch.load(weights_only=True) itself says about the file, first line."""
+    import torch
+
+    try:
+        torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:  # noqa: BLE001
+        text = str(error).strip()
+        return text.splitlines()[0] if text else type(error).__name__
+    raise AssertionError(f"torch read {path}")
+
+
+def test_a_resolved_file_is_recorded_by_name_path_hash_and_source(tmp_path: Path) -> None:
+    path = tmp_path / "w.bin"
+    path.write_bytes(b"weights")
+    resolved = weights.resolve_weights(HED_WEIGHTS.name, path)
+    assert resolved.as_record() == {"name": HED_WEIGHTS.name, "path": str(path.resolve()),
+                                    "sha256": hashlib.sha256(b"weights").hexdigest(), "source": "explicit"}
