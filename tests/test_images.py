@@ -208,3 +208,22 @@ def test_stale_temporaries_of_dead_writers_are_removed(tmp_path: Path) -> None:
     assert is_temporary(dead)
     assert remove_stale_temporaries(tmp_path) == 1
     assert not dead.exists() and alive.exists()
+
+
+def test_only_the_decompression_bomb_warning_is_an_error_while_decoding(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Pillow warns about many harmless things (odd metadata, for instance): those must still decode."""
+    import io
+    import warnings
+
+    buffer = io.BytesIO()
+    Image.fromarray(np.arange(4 * 6 * 3, dtype=np.uint8).reshape(4, 6, 3)).save(buffer, format="PNG")
+    expected = decode_rgb(buffer.getvalue())
+    original = ImageOps.exif_transpose
+
+    def warning_transpose(image, *args, **kwargs):  # noqa: ANN001, ANN002, ANN003, ANN202
+        warnings.warn("harmless metadata oddity", UserWarning, stacklevel=1)
+        return original(image, *args, **kwargs)
+
+    monkeypatch.setattr(ImageOps, "exif_transpose", warning_transpose)
+    with warnings.catch_warnings(record=True):
+        assert np.array_equal(decode_rgb(buffer.getvalue()), expected)

@@ -136,3 +136,16 @@ def test_uint8_photos_become_model_range_in_either_layout() -> None:
     with pytest.raises(ValueError):
         uint8_to_model_range(photos.astype(np.float32))
 
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_binary_maps_of_cuda_tensors_equal_the_cpu_ones_and_stay_on_the_gpu() -> None:
+    """The thing / stuff masks must be made on the maps' device (a CPU mask cannot index a CUDA tensor)."""
+    from advseg_cli.segmentation.maps import binary_from_labels, binary_from_probs
+
+    labels = torch.randint(0, 135, (2, 8, 8), dtype=torch.uint8)
+    probs = torch.softmax(torch.randn(2, 135, 8, 8), dim=1)
+    for function, value in ((binary_from_labels, labels), (binary_from_probs, probs)):
+        on_gpu = function(value.cuda())
+        assert on_gpu.device.type == "cuda"
+        assert torch.allclose(on_gpu.cpu(), function(value))

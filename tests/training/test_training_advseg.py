@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import warnings
 from pathlib import Path
 
@@ -10,7 +11,7 @@ import pytest
 from PIL import Image
 
 from advseg_cli.errors import AdvsegError, IncompatibleInputError, WeightsNotFoundError
-from advseg_cli.segcache import SegcacheConfig, build_segcache
+from advseg_cli.segcache import SegcacheConfig, SegmentationCache, build_segcache
 from advseg_cli.training.loop import Trainer, train
 from tests.helpers import write_vgg16_weights
 from tests.segmentation.tiny_mask2former import save_tiny_mask2former
@@ -49,6 +50,9 @@ def test_both_segmentation_discriminators_train(seg_setup, tmp_path: Path, model
     assert all(np.isfinite(list(row.values())).all() for row in rows)
     grid = np.asarray(Image.open(run / "samples" / "step_0000002.png"))
     assert grid.shape[1] == 5 * 64  # sketch | generated | photo | map of generated | map of real
+    made_with = SegmentationCache(seg_setup[2]).metadata
+    described = json.loads((run / "config.json").read_text())["segmenter"]
+    assert (described["backend"], described["weights"]["sha256"]) == (made_with.backend, made_with.weights_sha256)
 
 
 def test_a_photo_without_a_map_is_an_error_before_the_first_step(seg_setup, tmp_path: Path) -> None:
