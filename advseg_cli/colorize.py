@@ -54,7 +54,8 @@ from advseg_cli.errors import (AdvsegError, AllInputsFailedError, ImageDecodeErr
 from advseg_cli.files import remove_stale_temporaries, sha256_file, write_bytes_atomic
 from advseg_cli.images import image_size, is_valid_png, list_images, read_rgb, write_png
 from advseg_cli.models.advseg import MODELS
-from advseg_cli.models.networks import GENERATOR_ARCHS, NORMS, GeneratorSpec, define_generator
+from advseg_cli.models.networks import (GENERATOR_ARCHS, NORMS, GeneratorSpec, define_generator,
+                                        load_generator_weights)
 from advseg_cli.models.public_checkpoints import (detect_layout, generator_from_public, infer_spec,
                                                   load_public_generator, read_state_dict)
 from advseg_cli.progress import progress
@@ -231,12 +232,7 @@ def _generator_from_advseg(payload: Mapping[str, Any], path: Path, kind: str) ->
                                config.norm, config.dropout)
     prefix = model_type.generator_names[0] + "."  # the sketch -> photo generator: G_A or G
     state = {key[len(prefix):]: value for key, value in weights.items() if key.startswith(prefix)}
-    try:
-        network.load_state_dict(state, strict=True)
-    except RuntimeError as error:
-        first = str(error).strip().splitlines()[0]
-        raise WeightsMismatchError(f"{path}: its {prefix[:-1]} weights do not fit {network.spec.options()}: "
-                                   f"{first}") from None
+    load_generator_weights(network, state, f"{path}: its {prefix[:-1]} weights")
     step = payload.get("position", {}).get("step") if isinstance(payload.get("position"), Mapping) else None
     return LoadedGenerator(network, network.spec, kind, path, sha256_file(path), name, crop, load, step=step)
 

@@ -32,7 +32,8 @@ import torch
 from torch import Tensor, nn
 
 from advseg_cli.errors import AdvsegError, WeightsMismatchError
-from advseg_cli.models.networks import GENERATOR_ARCHS, NORMS, GeneratorSpec, define_generator
+from advseg_cli.models.networks import (GENERATOR_ARCHS, NORMS, GeneratorSpec, define_generator,
+                                        load_generator_weights)
 
 EXPORT_FORMAT = "advseg-export"
 EXPORT_VERSION = 1
@@ -179,12 +180,7 @@ def load_export_folder(folder: Path) -> ExportedModel:
         raise WeightsMismatchError(f"{weights_file}: not a readable safetensors file ({error}); "
                                    f"{REEXPORT_HINT}") from None
     network = define_generator(spec.arch, spec.in_ch, spec.out_ch, spec.ngf, spec.norm, spec.dropout)
-    try:
-        network.load_state_dict(state, strict=True)
-    except RuntimeError as error:
-        first = str(error).strip().splitlines()[0]
-        raise WeightsMismatchError(f"{weights_file}: weights do not fit {spec.options()}: {first}; "
-                                   f"{REEXPORT_HINT}") from None
+    load_generator_weights(network, state, f"{weights_file}: weights", REEXPORT_HINT)
     return ExportedModel(network.eval(), spec, dict(config), weights_file, digest, crop, load)
 
 

@@ -23,7 +23,7 @@ from collections.abc import Callable, Iterable
 import torch
 from torch import Tensor, nn
 
-from advseg_cli.errors import AdvsegError
+from advseg_cli.errors import AdvsegError, WeightsMismatchError
 
 NORMS: tuple[str, ...] = ("instance", "batch", "none")
 GENERATOR_ARCHS: tuple[str, ...] = ("resnet_9blocks", "resnet_6blocks", "unet_256", "unet_128")
@@ -329,3 +329,17 @@ def set_requires_grad(nets: Iterable[nn.Module | None], flag: bool) -> None:
         if net is not None:
             for parameter in net.parameters():
                 parameter.requires_grad_(flag)
+
+
+def load_generator_weights(network: nn.Module, state: dict[str, Tensor], owner: str, hint: str = "") -> None:
+    """Load ``state`` exactly (strict), or one line saying which weights do not fit which generator and why.
+
+    Every reader of generator weights (checkpoints, exported folders) needs the same refusal, so a file made for
+    other options is never half-loaded into a generator that then computes something else.
+    """
+    try:
+        network.load_state_dict(state, strict=True)
+    except RuntimeError as error:
+        first = str(error).strip().splitlines()[0]
+        raise WeightsMismatchError(f"{owner} do not fit {network.spec.options()}: {first}"
+                                   + (f"; {hint}" if hint else "")) from None
