@@ -456,6 +456,7 @@ class Trainer:
         self.sched_D = torch.optim.lr_scheduler.LambdaLR(self.opt_D, decay)
         self.late_optimizers: dict[str, torch.optim.Optimizer] = {}  # CUT's F: joins once the first batch made it
         self.late_schedulers: dict[str, torch.optim.lr_scheduler.LambdaLR] = {}
+        self.first_batch_seen = False  # data-dependent parts (CUT's F) are made on the first batch of a session
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=config.precision == "fp16")
         self.position = Position()
         self.folder = RunFolder(config, enabled=self.ddp.is_main)
@@ -581,9 +582,10 @@ class Trainer:
         """Generators and discriminators on the same generated images, in the model's public order
         (CycleGAN, Pix2Pix: G then D; CUT: D then G with F)."""
         model, device, precision = self.model, self.device, self.config.precision
-        if not self.late_optimizers:
+        if not self.first_batch_seen:  # once per session, not a check on every step
             model.data_dependent_initialize(batch)
             self._join_late_optimizers()
+            self.first_batch_seen = True
         with autocast(device, precision):
             fakes = model.translate(batch)
         if model.discriminators_first:
