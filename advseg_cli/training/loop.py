@@ -648,9 +648,10 @@ class Trainer:
         pending: list[dict[str, Tensor]] = []
         batch: dict[str, Any] | None = None
         timer = time.perf_counter()
-        plan = PlanAnnouncer(self, quiet=config.quiet or not self.ddp.is_main)
-        with progress(total=total_steps, desc=f"train {config.name}", quiet=config.quiet or not self.ddp.is_main,
-                      unit="step", initial=self.position.step) as bar, StopAtStepBoundary() as stop:
+        quiet = config.quiet or not self.ddp.is_main
+        plan = PlanAnnouncer(self, quiet=quiet)
+        with progress(total=total_steps, desc=f"train {config.name}", quiet=quiet, unit="step",
+                      initial=self.position.step) as bar, StopAtStepBoundary() as stop:
             while self.position.epoch <= config.total_epochs and self.position.step < total_steps:
                 epoch = self.position.epoch
                 for batch in make_loader(self.dataset, config, self.ddp, epoch, self.position.batch):
