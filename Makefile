@@ -80,14 +80,10 @@ EVIDENCE_ARGS ?=#              extra options of `advseg experiment seg-effect`
 SEG_EFFECT = $(VENV)/bin/advseg experiment seg-effect $(EVIDENCE_OUT) --preset $(EVIDENCE_PRESET) --device $(DEVICE) $(EVIDENCE_ARGS)
 
 # On a CPU, two processes of one thread each use 2 cores far better than one process of two threads
-# (these networks are small). The first call prepares the world (render, Seg, HED, label maps) alone;
-# then two lanes share the runs; the last call only gathers the saved evaluations into the table.
-evidence: install ## Measure what the AdvSegLoss does in the shapes world; table and plots into docs/evidence/
-	$(SEG_EFFECT) --threads 1 --models pix2pix --seeds 0 --quiet
-	$(SEG_EFFECT) --threads 1 --models cyclegan --seeds 0,1 --quiet & lane=$$!; \
-	  $(SEG_EFFECT) --threads 1 --models pix2pix --seeds 1,2 --quiet && \
-	  $(SEG_EFFECT) --threads 1 --models cyclegan --seeds 2 --quiet; other=$$?; wait $$lane && exit $$other
-	$(SEG_EFFECT)
+# (these networks are small): --jobs 2 trains two runs at once. Re-running continues where it stopped.
+EVIDENCE_JOBS ?= 2#             runs trained at once (one process and one thread each)
+evidence: install ## Measure what the AdvSegLoss does in the shapes world; table, curves and grids into docs/evidence/
+	$(SEG_EFFECT) --jobs $(EVIDENCE_JOBS) --threads 1
 	mkdir -p docs/evidence
 	cp $(EVIDENCE_OUT)/table.md $(EVIDENCE_OUT)/results.json $(EVIDENCE_OUT)/plots/*.png docs/evidence/
 

@@ -39,6 +39,7 @@ import numpy as np
 import torch
 
 from advseg_cli.errors import AdvsegError
+from advseg_cli.experiments.statistics import CONFIDENCE, has_converged, paired_difference
 
 MODES: dict[str, dict[str, str]] = {  # mode name -> model options it sets
     "none": {"advseg": "none"},
@@ -76,17 +77,32 @@ class Preset:
     ndf: int
     edges_pad: int = 32  # HED reflect padding of the world's small photos (advseg edges --pad)
     own_seg: bool = False  # train a Seg for this experiment (in OUT/seg) instead of using $ADVSEG_HOME's
+    batch_size: int = 1  # advseg train --batch-size of every run
+    model_options: dict[str, dict[str, Any]] = dataclasses.field(default_factory=dict)  # model -> options it
+    #                                            sets beyond the public defaults (recorded, see docs/evidence.md)
+
+    model_steps: dict[str, int] = dataclasses.field(default_factory=dict)  # model -> its steps, where not ``steps``
+
+    def steps_for(self, model: str) -> int:
+        """Training steps of a model's runs (unpaired models may need more than paired ones)."""
+        return self.model_steps.get(model, self.steps)
+
+    def eval_steps_for(self, model: str) -> list[int]:
+        """Scored at steps/evaluations, 2 steps/evaluations, ..., steps of that model."""
+        steps = self.steps_for(model)
+        return sorted({max(1, round(steps * k / self.evaluations)) for k in range(1, self.evaluations + 1)})
 
     @property
-    def eval_steps(self) -> list[int]:
-        return sorted({max(1, round(self.steps * k / self.evaluations)) for k in range(1, self.evaluations + 1)})
+    def eval_steps(self) -> dict[str, list[int]]:
+        return {model: self.eval_steps_for(model) for model in self.models}
 
 
 PRESETS: dict[str, Preset] = {
     # The test suite's: every code path, minutes on 2 cores; its numbers mean nothing.
     "quick": Preset("quick", world_train=12, world_test=6, world_size=64, seg_photos=160, seg_epochs=6, seg_batch=8,
                     models=("cyclegan", "pix2pix"), modes=tuple(MODES), seeds=(0, 1), steps=4, evaluations=2,
-                    load_size=56, crop_size=48, ngf=4, ndf=4, edges_pad=16, own_seg=True),
+                    load_size=56, crop_size=48, ngf=4, ndf=4, edges_pad=16, own_seg=True,
+                    model_steps={"cyclegan": 6}, model_options={"pix2pix": {"norm": "instance"}}),
     # The default: within 90 minutes on a 2-core CPU (docs/evidence.md has the measured time).
     "default": Preset("default", world_train=300, world_test=100, world_size=128, seg_photos=800, seg_epochs=8, seg_batch=16,
                       models=("cyclegan", "pix2pix"), modes=tuple(MODES), seeds=(0, 1, 2), steps=600,
@@ -223,17 +239,17 @@ def _train_config(world: Path, runs: Path, seg_weights: Path, preset: Preset, mo
                   max_steps: int, resume: bool, device: str) -> Any:
     from advseg_cli.training.loop import TrainConfig
 
-    options = {"ngf": preset.ngf, "ndf": preset.ndf, **MODES[mode]}
+    options = {"ngf": preset.ngf, "ndf": preset.ndf, **preset.model_options.get(model, {}), **MODES[mode]}
     uses_seg = options["advseg"] != "none"
     # whole epochs of the world's training photos: the first half at the full rate, then linear decay
-    epochs_in_total = max(1, math.ceil(preset.steps / preset.world_train))
+    epochs_in_total = max(1, math.ceil(preset.steps_for(model) * preset.batch_size / preset.world_train))
     epochs = math.ceil(epochs_in_total / 2)
     return TrainConfig(
         name=run_name(model, mode, seed), sketches=world / "trainA", photos=world / "trainB", model=model,
         model_options=options, runs_dir=runs, segcache=world / "segmaps.h5" if uses_seg else None,
         seg_weights=seg_weights if uses_seg else None, load_size=preset.load_size, crop_size=preset.crop_size,
-        epochs=epochs, epochs_decay=epochs_in_total - epochs, seed=seed, device=device,
-        workers=0, max_steps=max_steps, log_every=max(1, min(10, preset.steps // 4)), log_seg_grad_norm=uses_seg,
+        epochs=epochs, epochs_decay=epochs_in_total - epochs, seed=seed, device=device, batch_size=preset.batch_size,
+        workers=0, max_steps=max_steps, log_every=max(1, min(10, preset.steps_for(model) // 4)), log_seg_grad_norm=uses_seg,
         sample_every=10**9, save_every=max_steps, resume=resume, quiet=True)
 
 
@@ -263,7 +279,7 @@ def evaluate_run(out: Path, world: Path, seg_weights: Path, scorer: Scorer, pres
 
     name = run_name(model, mode, seed)
     rows = []
-    for step in preset.eval_steps:
+    for step in preset.eval_steps_for(model):
         cached = out / "evals" / name / f"step_{step:07d}.json"
         if cached.exists():
             rows.append(json.loads(cached.read_text(encoding="utf-8")))
@@ -286,6 +302,10 @@ def evaluate_run(out: Path, world: Path, seg_weights: Path, scorer: Scorer, pres
 
 
 # ------------------------------------------------------------------------------------ tables and plots
+HIGHER_IS_BETTER: dict[str, bool] = {"miou": True, "mae": False, "frechet": False}  # the image metrics
+BASELINE_MODE = "none"
+
+
 def mean_and_spread(values: Iterable[float | None]) -> tuple[float, float] | None:
     """Mean and sample standard deviation (ddof 1; 0 for a single value) of the values that exist."""
     present = [float(v) for v in values if v is not None]
@@ -294,15 +314,52 @@ def mean_and_spread(values: Iterable[float | None]) -> tuple[float, float] | Non
     return float(np.mean(present)), float(np.std(present, ddof=1)) if len(present) > 1 else 0.0
 
 
+def _values(rows: list[dict[str, Any]], model: str, mode: str, step: int, metric: str) -> dict[int, float]:
+    """seed -> value of one cell at one step."""
+    return {row["seed"]: row[metric] for row in rows if row["model"] == model and row["mode"] == mode
+            and row["step"] == step and row[metric] is not None}
+
+
+def convergence(rows: list[dict[str, Any]], preset: Preset, model: str, mode: str, metric: str) -> dict[str, Any]:
+    """The learning curve of one cell (mean over seeds per evaluation) and whether it has converged."""
+    curve = [mean_and_spread(_values(rows, model, mode, step, metric).values())
+             for step in preset.eval_steps_for(model)]
+    means = [stat[0] for stat in curve if stat is not None]
+    last = curve[-1]
+    spread = last[1] if last is not None else float("nan")
+    return {"curve": means, "last_spread": spread,
+            "converged": last is not None and len(means) == len(curve) and has_converged(means, spread)}
+
+
+def differences_to_baseline(rows: list[dict[str, Any]], preset: Preset) -> list[dict[str, Any]]:
+    """For every mode but ``none``: the paired difference to ``none`` of each image metric at the last step."""
+    found = []
+    for model in preset.models:
+        last = preset.eval_steps_for(model)[-1]
+        for mode in preset.modes:
+            if mode == BASELINE_MODE or BASELINE_MODE not in preset.modes:
+                continue
+            for metric, higher in HIGHER_IS_BETTER.items():
+                difference = paired_difference(_values(rows, model, mode, last, metric),
+                                               _values(rows, model, BASELINE_MODE, last, metric), higher)
+                if difference is not None:
+                    found.append({"model": model, "mode": mode, "metric": metric, "step": last,
+                                  **difference.as_json()})
+    return found
+
+
 def summary_table(rows: list[dict[str, Any]], preset: Preset) -> list[dict[str, Any]]:
-    """One line per model and mode: every metric at the last step, mean and spread over seeds."""
-    last = preset.eval_steps[-1]
+    """One line per model and mode: every metric at the last step, mean and spread over seeds, and
+    whether its mIoU and MAE curves have converged."""
     table = []
     for model in preset.models:
+        last = preset.eval_steps_for(model)[-1]
         for mode in preset.modes:
             cell = [row for row in rows if row["model"] == model and row["mode"] == mode and row["step"] == last]
-            table.append({"model": model, "mode": mode, "seeds": len(cell),
-                          **{metric: mean_and_spread(row[metric] for row in cell) for metric in METRICS}})
+            table.append({"model": model, "mode": mode, "step": last, "seeds": len(cell),
+                          **{metric: mean_and_spread(row[metric] for row in cell) for metric in METRICS},
+                          "converged": {metric: convergence(rows, preset, model, mode, metric)["converged"]
+                                        for metric in ("miou", "mae")}})
     return table
 
 
@@ -310,14 +367,37 @@ def _format(stat: tuple[float, float] | None, digits: int) -> str:
     return "n/a" if stat is None else f"{stat[0]:.{digits}f} ± {stat[1]:.{digits}f}"
 
 
-def markdown_table(table: list[dict[str, Any]], references: dict[str, float], preset: Preset) -> str:
-    lines = [f"Final step {preset.eval_steps[-1]}, mean ± standard deviation over seeds {list(preset.seeds)} "
-             f"({preset.world_test} held-out test sketches).", "",
-             "| model | mode | eval-Seg mIoU ↑ | MAE (levels) ↓ | Fréchet (eval-Seg features) ↓ | seg-gradient norm |",
-             "|---|---|---:|---:|---:|---:|"]
+def _yes_no(flag: bool) -> str:
+    return "yes" if flag else "**no**"
+
+
+def markdown_table(table: list[dict[str, Any]], differences: list[dict[str, Any]], references: dict[str, float],
+                   preset: Preset) -> str:
+    final = ", ".join(f"{model} {preset.steps_for(model)}" for model in preset.models)
+    lines = [f"Final step ({final}), mean ± standard deviation over seeds {list(preset.seeds)} "
+             f"({preset.world_test} held-out test sketches). Converged: the last two evaluations' means differ by "
+             "less than the seed spread at the last one.", "",
+             "| model | mode | eval-Seg mIoU ↑ | MAE (levels) ↓ | Fréchet (eval-Seg features) ↓ | seg-gradient norm "
+             "| converged (mIoU, MAE) |",
+             "|---|---|---:|---:|---:|---:|---|"]
     for line in table:
+        converged = line.get("converged", {})
         lines.append(f"| {line['model']} | {line['mode']} | {_format(line['miou'], 3)} | {_format(line['mae'], 1)} | "
-                     f"{_format(line['frechet'], 3)} | {_format(line['seg_grad_norm'], 3)} |")
+                     f"{_format(line['frechet'], 3)} | {_format(line['seg_grad_norm'], 3)} | "
+                     f"{_yes_no(converged.get('miou', False))}, {_yes_no(converged.get('mae', False))} |")
+    if differences:
+        lines += ["", f"Paired differences to `{BASELINE_MODE}` (mode − {BASELINE_MODE}, same seeds), mean and "
+                  f"{round(CONFIDENCE * 100)} % percentile-bootstrap interval over the seeds; the verdict comes "
+                  "from the interval only (it excludes 0, or not).", "",
+                  "| model | mode | Δ mIoU [95 % CI] | Δ MAE [95 % CI] | Δ Fréchet [95 % CI] |", "|---|---|---|---|---|"]
+        digits = {"miou": 3, "mae": 1, "frechet": 3}
+        cells: dict[tuple[str, str], dict[str, str]] = {}
+        for d in differences:
+            n = digits[d["metric"]]
+            cells.setdefault((d["model"], d["mode"]), {})[d["metric"]] = (
+                f"{d['mean']:+.{n}f} [{d['low']:+.{n}f}, {d['high']:+.{n}f}] {d['verdict']}")
+        for (model, mode), by_metric in cells.items():
+            lines.append(f"| {model} | {mode} | " + " | ".join(by_metric.get(m, "n/a") for m in HIGHER_IS_BETTER) + " |")
     lines += ["", f"Scored at the colorizers' output size, {references['size']} px. "
               "References: evaluation segmenter on the test photos themselves "
               f"{references['miou_test_photos']:.3f} mIoU, on a constant grey image {references['miou_grey']:.3f}; "
@@ -327,7 +407,8 @@ def markdown_table(table: list[dict[str, Any]], references: dict[str, float], pr
 
 
 def write_plots(rows: list[dict[str, Any]], preset: Preset, folder: Path) -> list[Path]:
-    """One PNG per metric: the metric against training steps, a line per mode (band: ± one deviation)."""
+    """One PNG per metric: the metric against training steps, a line per mode (band: ± one deviation),
+    and every seed's own curve thin behind it."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -338,18 +419,24 @@ def write_plots(rows: list[dict[str, Any]], preset: Preset, folder: Path) -> lis
     for metric, meaning in METRICS.items():
         figure, axes = plt.subplots(1, len(preset.models), figsize=(5 * len(preset.models), 3.6), squeeze=False)
         for axis, model in zip(axes[0], preset.models):
-            for mode in preset.modes:
-                points = [(step, mean_and_spread(row[metric] for row in rows if row["model"] == model
-                                                 and row["mode"] == mode and row["step"] == step))
-                          for step in preset.eval_steps]
+            for number, mode in enumerate(preset.modes):
+                colour = f"C{number}"
+                points = [(step, mean_and_spread(_values(rows, model, mode, step, metric).values()))
+                          for step in preset.eval_steps_for(model)]
                 points = [(step, stat) for step, stat in points if stat is not None]
                 if not points:
                     continue
+                for seed in preset.seeds:
+                    own = [(step, _values(rows, model, mode, step, metric).get(seed))
+                           for step in preset.eval_steps_for(model)]
+                    own = [(step, value) for step, value in own if value is not None]
+                    if own:
+                        axis.plot(*zip(*own), color=colour, linewidth=0.5, alpha=0.35)
                 steps = np.array([step for step, _ in points])
                 mean = np.array([stat[0] for _, stat in points])
                 spread = np.array([stat[1] for _, stat in points])
-                axis.plot(steps, mean, marker="o", label=mode)
-                axis.fill_between(steps, mean - spread, mean + spread, alpha=0.2)
+                axis.plot(steps, mean, marker="o", label=mode, color=colour)
+                axis.fill_between(steps, mean - spread, mean + spread, alpha=0.15, color=colour)
             axis.set_title(f"{model}")
             axis.set_xlabel("training step")
             axis.grid(alpha=0.3)
@@ -364,11 +451,88 @@ def write_plots(rows: list[dict[str, Any]], preset: Preset, folder: Path) -> lis
     return written
 
 
+GRID_SKETCHES = 8  # test sketches shown per model in the final grid
+
+
+def write_grids(out: Path, world: Path, scorer: Scorer, preset: Preset, folder: Path) -> list[Path]:
+    """Per model, a PNG of the same first test sketches: photo, sketch, truth, then each mode's colorization
+    at the last step (the first seed), all at the colorizers' size, enlarged 3x without smoothing."""
+    from PIL import Image
+
+    from advseg_cli.images import read_rgb, write_png
+    from advseg_cli.segmentation.maps import colorize as colour_labels
+
+    from advseg_cli.world.render import WORLD_CLASS_IDS  # noqa: PLC0415 (the world package)
+
+    side, seed = preset.crop_size, preset.seeds[0]
+    photos, labels, _ = scorer.truth_at(side)
+    ids = np.asarray(WORLD_CLASS_IDS, dtype=np.uint8)
+    folder.mkdir(parents=True, exist_ok=True)
+    written = []
+    for model in preset.models:
+        last = preset.eval_steps_for(model)[-1]
+        rows = []
+        for index, name in enumerate(scorer.names[:GRID_SKETCHES]):
+            sketch = np.asarray(Image.fromarray(read_rgb(world / "testA" / name)).resize((side, side), Image.BICUBIC))
+            cells = [photos[index], sketch, colour_labels(ids[labels[index]])]
+            for mode in preset.modes:
+                result = out / "colorized" / run_name(model, mode, seed) / f"step_{last:07d}" / Path(name).with_suffix(".png")
+                cells.append(read_rgb(result) if result.is_file() else np.full((side, side, 3), 255, np.uint8))
+            rows.append(np.concatenate(cells, axis=1))
+        grid = np.concatenate(rows, axis=0)
+        path = folder / f"grid_{model}.png"
+        write_png(path, np.asarray(Image.fromarray(grid).resize((grid.shape[1] * 3, grid.shape[0] * 3), Image.NEAREST)))
+        written.append(path)
+    return written
+
+
 # ------------------------------------------------------------------------------------ the experiment
+def _evaluate_in_worker(job: tuple[Path, Path, Path, Path, Preset, str, str, int, str, int]) -> list[dict[str, Any]]:
+    """One run in a worker process (its own Scorer, ``threads`` torch threads)."""
+    out, world, seg_weights, eval_weights, preset, model, mode, seed, device, threads = job
+    if threads:
+        torch.set_num_threads(threads)
+    scorer = Scorer.load(world, eval_weights)
+    return evaluate_run(out, world, seg_weights, scorer, preset, model, mode, seed, device)
+
+
+def _longest_first(runs: list[tuple[str, str, int]]) -> list[tuple[str, str, int]]:
+    """Unpaired models and segmentation modes take longest: start them first so the lanes end together."""
+    return sorted(runs, key=lambda run: (run[0] not in ("cyclegan", "cut"), run[1] == BASELINE_MODE))
+
+
+def _run_all(out: Path, world: Path, seg_weights: Path, eval_weights: Path, scorer: Scorer, preset: Preset,
+             device: str, jobs: int, threads: int, say: Any) -> list[dict[str, Any]]:
+    """Every (model, mode, seed) run, in ``jobs`` processes when more than one."""
+    runs = [(model, mode, seed) for model in preset.models for mode in preset.modes for seed in preset.seeds]
+    if jobs <= 1:
+        rows: list[dict[str, Any]] = []
+        for number, (model, mode, seed) in enumerate(runs, 1):
+            say(f"run {number}/{len(runs)}: {run_name(model, mode, seed)} ({preset.steps_for(model)} steps)")
+            rows += evaluate_run(out, world, seg_weights, scorer, preset, model, mode, seed, device)
+        return rows
+    import concurrent.futures
+    import multiprocessing
+
+    by_run: dict[tuple[str, str, int], list[dict[str, Any]]] = {}
+    context = multiprocessing.get_context("spawn")  # no OpenMP state inherited through fork
+    with concurrent.futures.ProcessPoolExecutor(jobs, mp_context=context) as pool:
+        futures = {pool.submit(_evaluate_in_worker, (out, world, seg_weights, eval_weights, preset, *run, device,
+                                                     threads or 1)): run for run in _longest_first(runs)}
+        for done, future in enumerate(concurrent.futures.as_completed(futures), 1):
+            by_run[futures[future]] = future.result()
+            say(f"run {done}/{len(runs)} finished: {run_name(*futures[future])}")
+    return [row for run in runs for row in by_run[run]]
+
+
 def run_seg_effect(out: Path, preset_name: str = "default", device: str = "cpu", quiet: bool = False,
                    models: tuple[str, ...] | None = None, modes: tuple[str, ...] | None = None,
-                   seeds: tuple[int, ...] | None = None) -> dict[str, Any]:
-    """Run (or continue) the experiment into ``out``; returns what results.json holds."""
+                   seeds: tuple[int, ...] | None = None, jobs: int = 1, threads: int = 0) -> dict[str, Any]:
+    """Run (or continue) the experiment into ``out``; returns what results.json holds.
+
+    ``jobs`` > 1 trains that many runs at once in separate processes of ``threads`` torch threads each
+    (default 1): on a CPU the runs are independent and each small network uses one core best.
+    """
     if preset_name not in PRESETS:
         raise AdvsegError(f"--preset: unknown {preset_name!r}; choose one of {', '.join(PRESETS)}")
     preset = dataclasses.replace(PRESETS[preset_name], **{k: v for k, v in
@@ -381,6 +545,8 @@ def run_seg_effect(out: Path, preset_name: str = "default", device: str = "cpu",
     unknown = [model for model in preset.models if model not in MODELS]
     if unknown:
         raise AdvsegError(f"--models: unknown {', '.join(unknown)}; choose from {', '.join(MODELS)}")
+    if jobs < 1:
+        raise AdvsegError(f"--jobs: at least 1, got {jobs}")
     started = time.perf_counter()
     say = (lambda message: None) if quiet else (lambda message: print(f"seg-effect: {message}", flush=True))
     out.mkdir(parents=True, exist_ok=True)
@@ -388,18 +554,20 @@ def run_seg_effect(out: Path, preset_name: str = "default", device: str = "cpu",
     world, seg_weights, eval_weights = prepare_world(out, preset, device, quiet)
     scorer = Scorer.load(world, eval_weights)
     references = reference_scores(scorer, world, preset.crop_size)
-    rows: list[dict[str, Any]] = []
-    runs = [(model, mode, seed) for model in preset.models for mode in preset.modes for seed in preset.seeds]
-    for number, (model, mode, seed) in enumerate(runs, 1):
-        say(f"run {number}/{len(runs)}: {run_name(model, mode, seed)} ({preset.steps} steps)")
-        rows += evaluate_run(out, world, seg_weights, scorer, preset, model, mode, seed, device)
+    rows = _run_all(out, world, seg_weights, eval_weights, scorer, preset, device, jobs, threads, say)
     table = summary_table(rows, preset)
+    differences = differences_to_baseline(rows, preset)
+    curves = [{"model": model, "mode": mode, "metric": metric, **convergence(rows, preset, model, mode, metric)}
+              for model in preset.models for mode in preset.modes for metric in HIGHER_IS_BETTER]
     results = {"experiment": "seg-effect", "preset": dataclasses.asdict(preset), "eval_steps": preset.eval_steps,
-               "references": references, "metrics": METRICS, "table": table, "rows": rows,
-               "seg_weights": str(seg_weights), "eval_weights": str(eval_weights),
-               "seconds": round(time.perf_counter() - started, 1)}
+               "references": references, "metrics": METRICS, "table": table, "differences": differences,
+               "learning_curves": curves, "rows": rows, "seg_weights": str(seg_weights),
+               "eval_weights": str(eval_weights), "jobs": jobs, "threads": threads,
+               "seconds": round(time.perf_counter() - started, 1),
+               "train_seconds": round(sum(row["train_seconds"] for row in rows), 1)}
     (out / "results.json").write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")
-    (out / "table.md").write_text(markdown_table(table, references, preset), encoding="utf-8")
+    (out / "table.md").write_text(markdown_table(table, differences, references, preset), encoding="utf-8")
     write_plots(rows, preset, out / "plots")
+    write_grids(out, world, scorer, preset, out / "plots")
     say(f"done in {results['seconds']} s: {out / 'results.json'}, {out / 'table.md'}, {out / 'plots'}")
     return results

@@ -25,7 +25,8 @@ QUICK = PRESETS["quick"]
 @pytest.fixture(scope="module")
 def quick_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict, str]:
     out = tmp_path_factory.mktemp("seg-effect")
-    result = CliRunner().invoke(main, ["experiment", "seg-effect", str(out), "--quick", "--device", "cpu", "--quiet"])
+    result = CliRunner().invoke(main, ["experiment", "seg-effect", str(out), "--quick", "--device", "cpu", "--quiet",
+                                       "--jobs", "2"])
     assert result.exit_code == 0, result.output
     return out, json.loads((out / "results.json").read_text()), result.output
 
@@ -34,9 +35,11 @@ def quick_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict, str
 def test_every_run_is_scored_at_every_evaluation_step(quick_run: tuple[Path, dict, str]) -> None:
     out, results, printed = quick_run
     rows = results["rows"]
-    expected = {(m, mode, s, step) for m in QUICK.models for mode in MODES for s in QUICK.seeds for step in QUICK.eval_steps}
+    expected = {(m, mode, s, step) for m in QUICK.models for mode in MODES for s in QUICK.seeds
+                for step in QUICK.eval_steps_for(m)}
     assert {(r["model"], r["mode"], r["seed"], r["step"]) for r in rows} == expected
-    assert len(QUICK.eval_steps) >= 2  # the plots have a curve, not a point
+    assert all(len(QUICK.eval_steps_for(m)) >= 2 for m in QUICK.models)  # the plots have a curve, not a point
+    assert QUICK.steps_for("cyclegan") != QUICK.steps_for("pix2pix")  # per-model budgets are exercised
     for row in rows:
         assert 0.0 <= row["miou"] <= 1.0 and 0.0 <= row["mae"] <= 255.0
         assert math.isfinite(row["frechet"]) and row["frechet"] >= -1e-9
@@ -74,8 +77,9 @@ def test_the_evaluation_segmenter_is_sane_and_not_the_training_one(quick_run: tu
 @requires_hed_weights
 def test_the_table_is_the_mean_and_spread_of_the_last_step(quick_run: tuple[Path, dict, str]) -> None:
     _, results, _ = quick_run
-    last = QUICK.eval_steps[-1]
     for line in results["table"]:
+        last = QUICK.eval_steps_for(line["model"])[-1]
+        assert line["step"] == last
         cell = [r for r in results["rows"] if r["model"] == line["model"] and r["mode"] == line["mode"]
                 and r["step"] == last]
         assert line["seeds"] == len(QUICK.seeds) == len(cell)
@@ -130,8 +134,58 @@ def test_cut_and_fastcut_are_models_of_the_experiment(quick_run: tuple[Path, dic
     assert result.exit_code == 0, result.output
     rows = json.loads((copy / "results.json").read_text())["rows"]
     assert {(r["model"], r["mode"], r["step"]) for r in rows} == {
-        (m, mode, step) for m in ("cut", "fastcut") for mode in ("none", "soft") for step in QUICK.eval_steps}
+        (m, mode, step) for m in ("cut", "fastcut") for mode in ("none", "soft") for step in QUICK.eval_steps_for(m)}
     for row in rows:
         assert 0.0 <= row["miou"] <= 1.0 and math.isfinite(row["frechet"])
         assert (row["seg_grad_norm"] is None) if row["mode"] == "none" else row["seg_grad_norm"] > 0.0
     assert "| fastcut | soft |" in result.output and QUICK.models == ("cyclegan", "pix2pix")
+
+
+@requires_hed_weights
+def test_differences_are_paired_by_seed_against_none_at_the_last_step(quick_run: tuple[Path, dict, str]) -> None:
+    """Every non-baseline mode and metric has its paired difference, recomputed here from the rows."""
+    _, results, printed = quick_run
+    rows = results["rows"]
+    expected = {(m, mode, metric) for m in QUICK.models for mode in MODES if mode != "none"
+                for metric in ("miou", "mae", "frechet")}
+    assert {(d["model"], d["mode"], d["metric"]) for d in results["differences"]} == expected
+    for d in results["differences"]:
+        last = QUICK.eval_steps_for(d["model"])[-1]
+        value = {(r["mode"], r["seed"]): r[d["metric"]] for r in rows if r["model"] == d["model"] and r["step"] == last}
+        assert d["seeds"] == list(QUICK.seeds)
+        assert d["differences"] == pytest.approx([value[(d["mode"], s)] - value[("none", s)] for s in QUICK.seeds])
+        assert d["low"] <= d["mean"] <= d["high"]
+        assert d["verdict"] in ("better", "worse", "no difference")
+    assert "Paired differences to `none`" in printed and "| pix2pix | compat |" in printed
+
+
+@requires_hed_weights
+def test_learning_curves_and_their_convergence_are_recorded(quick_run: tuple[Path, dict, str]) -> None:
+    _, results, _ = quick_run
+    for curve in results["learning_curves"]:
+        steps = QUICK.eval_steps_for(curve["model"])
+        means = [sum(r[curve["metric"]] for r in results["rows"] if r["model"] == curve["model"]
+                     and r["mode"] == curve["mode"] and r["step"] == step) / len(QUICK.seeds) for step in steps]
+        assert curve["curve"] == pytest.approx(means)
+        assert curve["converged"] == (abs(means[-1] - means[-2]) < curve["last_spread"])
+
+
+@requires_hed_weights
+def test_the_grid_shows_the_same_sketches_for_every_mode(quick_run: tuple[Path, dict, str]) -> None:
+    """Per model: rows of photo, sketch, truth, then one colorization per mode, at the crop size, 3x."""
+    import numpy as np
+
+    out, _, _ = quick_run
+    side = QUICK.crop_size * 3
+    for model in QUICK.models:
+        with Image.open(out / "plots" / f"grid_{model}.png") as image:
+            grid = np.asarray(image.convert("RGB"))
+        rows = min(QUICK.world_test, 8)
+        assert grid.shape == (rows * side, (3 + len(MODES)) * side, 3)
+        last = QUICK.eval_steps_for(model)[-1]
+        first = out / "colorized" / f"{model}-soft-s{QUICK.seeds[0]}" / f"step_{last:07d}"
+        name = sorted(p.name for p in first.glob("*.png"))[0]
+        with Image.open(first / name) as result:
+            expected = np.asarray(result.convert("RGB").resize((side, side), Image.NEAREST))
+        column = 3 + list(MODES).index("soft")
+        assert np.array_equal(grid[:side, column * side:(column + 1) * side], expected)
