@@ -29,7 +29,6 @@ from advseg_cli.datasets.catalog import DatasetSpec, dataset_spec
 from advseg_cli.download import DownloadFailedError, Expected, download, with_mirror
 from advseg_cli.datasets.lists import (ListEntry, list_digest, read_list, split_counts, write_list)
 from advseg_cli.datasets.selection import CocoRule, SceneRule, select_coco, select_scenes
-from advseg_cli.datasets.shapes import WorldConfig, render_world
 from advseg_cli.edges import EdgesConfig, extract_edges
 from advseg_cli.errors import AdvsegError, AllInputsFailedError
 from advseg_cli.files import atomic_path, sha256_file
@@ -37,7 +36,8 @@ from advseg_cli.images import list_images
 from advseg_cli.progress import progress
 from advseg_cli.runrecord import RunRecord
 from advseg_cli.segcache import SegcacheConfig, build_segcache
-from advseg_cli.segmentation.shapes_training import SegTrainingConfig
+from advseg_cli.world.render import WorldConfig, render_world
+from advseg_cli.world.seg_training import SegTrainingConfig
 
 STEPS = ("fetch", "seg", "edges", "segcache")
 DATA_RECORD = "advseg-data.json"
@@ -289,14 +289,14 @@ def _render_step(folder: Path, config: PrepareConfig) -> RunRecord:
 
 def world_segmenter_path(role: str, seg_out: Path | None) -> Path:
     """Where the shapes world's ``role`` weights live: ``seg_out`` or ``$ADVSEG_HOME``."""
-    from advseg_cli.segmentation.shapes_seg import ROLES
     from advseg_cli.weights import advseg_home
+    from advseg_cli.world.seg import ROLES
 
     return (seg_out or advseg_home()) / ROLES[role][0].filename
 
 
 def _seg_step(config: PrepareConfig) -> None:
-    from advseg_cli.segmentation.shapes_training import describe_scores, ensure_trained
+    from advseg_cli.world.seg_training import describe_scores, ensure_trained
 
     for role in config.seg_roles:
         path = world_segmenter_path(role, config.seg_out)
