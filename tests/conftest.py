@@ -46,7 +46,7 @@ def small_photos(tmp_path: Path) -> Path:
 @pytest.fixture(scope="session")
 def shapes_segmenters(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A folder with the shapes world's two segmenters trained briefly (seconds), in the real file layout."""
-    from advseg_cli.datasets.prepare import world_segmenter_path
+    from advseg_cli.world.seg import world_segmenter_path
     from advseg_cli.world.seg_training import SegTrainingConfig, train_role
 
     folder = tmp_path_factory.mktemp("shapes-seg")

@@ -105,10 +105,11 @@ def run_name(model: str, mode: str, seed: int) -> str:
 # ------------------------------------------------------------------------------------ the world
 def prepare_world(out: Path, preset: Preset, device: str, quiet: bool) -> tuple[Path, Path, Path]:
     """The world's dataset under OUT/world/shapes, and the (seg, eval) weights files it uses."""
-    from advseg_cli.datasets.prepare import PrepareConfig, prepare_dataset, world_segmenter_path
+    from advseg_cli.datasets.prepare import PrepareConfig, prepare_dataset
     from advseg_cli.edges import EdgesConfig
     from advseg_cli.segcache import SegcacheConfig
     from advseg_cli.world.render import WorldConfig
+    from advseg_cli.world.seg import world_segmenter_path
     from advseg_cli.world.seg_training import SegTrainingConfig
 
     seg_out = out / "seg" if preset.own_seg else None

@@ -10,6 +10,7 @@ the segcache format, and neither of those imports it. The ``shapes`` backend rea
 * :mod:`advseg_cli.world.render`: procedural photos and their ground truth (``advseg data prepare shapes``);
 * :mod:`advseg_cli.world.seg`: the world's Seg networks, their weights files and the ``shapes`` backend;
 * :mod:`advseg_cli.world.seg_training`: how those networks are trained and validated;
+* :mod:`advseg_cli.world.steps`: the render and seg steps of ``advseg data prepare shapes``.
 
 Importing this package imports nothing else (each module is imported where it is used).
 """
