@@ -5,7 +5,7 @@ Part 1, scikit-image photos: edges (real HED weights) -> segcache (real Seg weig
 short CycleGAN training (+ AdvSegLoss when the segmentation weights are there; the baseline otherwise)
 -> colorize -> FID (real Inception weights, when present).
 
-Part 2, the shapes world (advseg_cli.datasets.shapes), where a real Seg exists offline because the
+Part 2, the shapes world (advseg_cli.world), where a real Seg exists offline because the
 project trains it (kept in ``$ADVSEG_HOME`` and reused): prepare (render -> seg -> edges -> segcache)
 -> Pix2Pix baseline and Pix2Pix ``--advseg both`` -> colorize the held-out test sketches -> Seg's map
 of each colorized image. ``index.html`` shows both parts side by side.
@@ -140,10 +140,10 @@ def run_world(out: Path, steps: int = WORLD_STEPS) -> tuple[list[StageNote], lis
     """The chain in the shapes world with its trained Seg: notes, and the names of the runs made."""
     from advseg_cli.colorize import ColorizeConfig, colorize_folder
     from advseg_cli.datasets.prepare import PrepareConfig, prepare_dataset
-    from advseg_cli.datasets.shapes import WorldConfig
     from advseg_cli.edges import EdgesConfig
     from advseg_cli.segcache import SegcacheConfig
     from advseg_cli.training.loop import TrainConfig, Trainer
+    from advseg_cli.world.render import WorldConfig
 
     world = out / "world" / "shapes"
     _say(f"world 1/4 prepare: render {WORLD_TRAIN}+{WORLD_TEST} photos with ground truth, train (or reuse) its Seg, "

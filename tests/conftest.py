@@ -46,8 +46,8 @@ def small_photos(tmp_path: Path) -> Path:
 @pytest.fixture(scope="session")
 def shapes_segmenters(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A folder with the shapes world's two segmenters trained briefly (seconds), in the real file layout."""
-    from advseg_cli.datasets.prepare import world_segmenter_path
-    from advseg_cli.segmentation.shapes_training import SegTrainingConfig, train_role
+    from advseg_cli.world.seg import world_segmenter_path
+    from advseg_cli.world.seg_training import SegTrainingConfig, train_role
 
     folder = tmp_path_factory.mktemp("shapes-seg")
     config = SegTrainingConfig(epochs=3, photos=96, validation_photos=32, size=64, batch_size=8, quiet=True)

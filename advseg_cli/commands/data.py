@@ -1,4 +1,4 @@
-"""``advseg data``: the paper's datasets (work in advseg_cli.datasets).
+"""``advseg data``: the paper's datasets (work in advseg_cli.datasets; the shapes world's in advseg_cli.world).
 
 ``advseg data list`` shows them; ``advseg data prepare NAME ROOT`` builds ``ROOT/NAME`` (fetch ->
 edges -> segcache); ``advseg data freeze NAME ROOT`` writes the list of a prepared dataset with every
@@ -82,10 +82,10 @@ def prepare(name: str, root: Path, steps: str | None, source: Path | None, lists
     """
     from advseg_cli.datasets.catalog import dataset_spec
     from advseg_cli.datasets.prepare import PrepareConfig, prepare_dataset
-    from advseg_cli.datasets.shapes import WorldConfig
     from advseg_cli.edges import EdgesConfig
     from advseg_cli.segcache import SegcacheConfig
-    from advseg_cli.segmentation.shapes_training import SegTrainingConfig
+    from advseg_cli.world.render import WorldConfig
+    from advseg_cli.world.seg_training import SegTrainingConfig
 
     spec = dataset_spec(name)
     config = PrepareConfig(

@@ -29,7 +29,6 @@ from advseg_cli.datasets.catalog import DatasetSpec, dataset_spec
 from advseg_cli.download import DownloadFailedError, Expected, download, with_mirror
 from advseg_cli.datasets.lists import (ListEntry, list_digest, read_list, split_counts, write_list)
 from advseg_cli.datasets.selection import CocoRule, SceneRule, select_coco, select_scenes
-from advseg_cli.datasets.shapes import WorldConfig, render_world
 from advseg_cli.edges import EdgesConfig, extract_edges
 from advseg_cli.errors import AdvsegError, AllInputsFailedError
 from advseg_cli.files import atomic_path, sha256_file
@@ -37,7 +36,10 @@ from advseg_cli.images import list_images
 from advseg_cli.progress import progress
 from advseg_cli.runrecord import RunRecord
 from advseg_cli.segcache import SegcacheConfig, build_segcache
-from advseg_cli.segmentation.shapes_training import SegTrainingConfig
+from advseg_cli.world.render import WorldConfig
+from advseg_cli.world.seg_training import SegTrainingConfig
+from advseg_cli.world.seg import world_segmenter_path
+from advseg_cli.world.steps import render_step, seg_step
 
 STEPS = ("fetch", "seg", "edges", "segcache")
 DATA_RECORD = "advseg-data.json"
@@ -274,38 +276,6 @@ def _fetch_step(spec: DatasetSpec, root: Path, folder: Path, config: PrepareConf
 
 # ---------------------------------------------------------------------------------------------- steps
 
-def _render_step(folder: Path, config: PrepareConfig) -> RunRecord:
-    """A generated dataset's "fetch": render its photos and ground truth (record written first as running,
-    so an interrupted render with other settings is never continued silently)."""
-    record = RunRecord("data-render", {"dataset": "shapes", "world": dataclasses.asdict(config.world)})
-    render_world(folder, config.world, quiet=config.quiet)  # refuses a folder rendered with other settings
-    record.counts = {"done": config.world.train + config.world.test, "skipped": 0, "failed": 0}
-    record.extra.update(splits={"train": config.world.train, "test": config.world.test}, truth="truth/",
-                        paper_split="not in the paper: a controlled world with exact ground truth")
-    record.finish()
-    record.write(folder / DATA_RECORD)
-    return record
-
-
-def world_segmenter_path(role: str, seg_out: Path | None) -> Path:
-    """Where the shapes world's ``role`` weights live: ``seg_out`` or ``$ADVSEG_HOME``."""
-    from advseg_cli.segmentation.shapes_seg import ROLES
-    from advseg_cli.weights import advseg_home
-
-    return (seg_out or advseg_home()) / ROLES[role][0].filename
-
-
-def _seg_step(config: PrepareConfig) -> None:
-    from advseg_cli.segmentation.shapes_training import describe_scores, ensure_trained
-
-    for role in config.seg_roles:
-        path = world_segmenter_path(role, config.seg_out)
-        record, trained = ensure_trained(role, path, config.seg_training)
-        what = "trained" if trained else "already there"
-        if not config.quiet:
-            print(f"data prepare shapes: {role} segmenter {what}: {path} ({describe_scores(record)})", flush=True)
-
-
 def prepare_dataset(name: str, root: Path, config: PrepareConfig = PrepareConfig()) -> PrepareSummary:
     """Run the chosen steps for dataset ``name`` under ``root``; finished work is skipped."""
     config.validate()
@@ -315,13 +285,13 @@ def prepare_dataset(name: str, root: Path, config: PrepareConfig = PrepareConfig
     failed = 0
     if "fetch" in steps:
         if spec.kind == "generated":
-            _render_step(folder, config)
+            render_step(folder, config.world, folder / DATA_RECORD, config.quiet)
         else:
             failed += _fetch_step(spec, root, folder, config).counts["failed"]
     elif not (folder / DATA_RECORD).exists():
         raise AdvsegError(f"{folder}: not fetched yet; run `advseg data prepare {name} {root} --steps fetch` first")
     if "seg" in steps:
-        _seg_step(config)
+        seg_step(config.seg_roles, config.seg_out, config.seg_training, config.quiet)
     if "edges" in steps:
         for split in ("train", "test"):
             failed += extract_edges(folder / f"{split}B", folder / f"{split}A", config.edges).failed

@@ -121,11 +121,12 @@ def run_name(model: str, mode: str, seed: int) -> str:
 # ------------------------------------------------------------------------------------ the world
 def prepare_world(out: Path, preset: Preset, device: str, quiet: bool) -> tuple[Path, Path, Path]:
     """The world's dataset under OUT/world/shapes, and the (seg, eval) weights files it uses."""
-    from advseg_cli.datasets.prepare import PrepareConfig, prepare_dataset, world_segmenter_path
-    from advseg_cli.datasets.shapes import WorldConfig
+    from advseg_cli.datasets.prepare import PrepareConfig, prepare_dataset
     from advseg_cli.edges import EdgesConfig
     from advseg_cli.segcache import SegcacheConfig
-    from advseg_cli.segmentation.shapes_training import SegTrainingConfig
+    from advseg_cli.world.render import WorldConfig
+    from advseg_cli.world.seg import world_segmenter_path
+    from advseg_cli.world.seg_training import SegTrainingConfig
 
     seg_out = out / "seg" if preset.own_seg else None
     config = PrepareConfig(
@@ -171,8 +172,8 @@ class Scorer:
     def load(cls, world: Path, eval_weights: Path) -> Scorer:
         from advseg_cli.images import list_images, read_rgb
         from advseg_cli.segcache import SegmentationCache, key_of
-        from advseg_cli.segmentation.shapes_seg import load_network
-        from advseg_cli.segmentation.shapes_training import to_world_index
+        from advseg_cli.world.seg import load_network
+        from advseg_cli.world.seg_training import to_world_index
 
         network, _ = load_network(eval_weights)
         names = [p.as_posix() for p in list_images(world / "testB")]
@@ -190,7 +191,7 @@ class Scorer:
 
     def features(self, images: np.ndarray) -> np.ndarray:
         from advseg_cli.segmentation.base import uint8_to_model_range
-        from advseg_cli.segmentation.shapes_seg import pad_to_multiple
+        from advseg_cli.world.seg import pad_to_multiple
 
         with torch.no_grad():
             return torch.cat([self.network.features(pad_to_multiple(uint8_to_model_range(images[i:i + 32]))[0])
@@ -203,8 +204,8 @@ class Scorer:
 
     def miou(self, images: np.ndarray) -> float:
         from advseg_cli.segmentation.metrics import confusion_matrix, mean_iou
-        from advseg_cli.segmentation.shapes_seg import NUM_WORLD_CLASSES
-        from advseg_cli.segmentation.shapes_training import predict_world
+        from advseg_cli.world.seg import NUM_WORLD_CLASSES
+        from advseg_cli.world.seg_training import predict_world
 
         _, labels, _ = self.truth_at(images.shape[1])
         return mean_iou(confusion_matrix(predict_world(self.network, images), labels, NUM_WORLD_CLASSES))

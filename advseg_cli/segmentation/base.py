@@ -33,7 +33,7 @@ BACKENDS: tuple[str, ...] = ("mask2former", "panoptic-fpn", "shapes")
 _BUILTIN_MODULES = {
     "mask2former": "advseg_cli.segmentation.mask2former",
     "panoptic-fpn": "advseg_cli.segmentation.panoptic_fpn",
-    "shapes": "advseg_cli.segmentation.shapes_seg",  # the shapes world's trained Seg (advseg data prepare shapes)
+    "shapes": "advseg_cli.world.seg",  # the shapes world's trained Seg (advseg data prepare shapes)
 }
 
 SegmenterFactory = Callable[[Path | None, torch.device, str], "Segmenter"]

@@ -12,14 +12,14 @@ import torch
 from click.testing import CliRunner
 
 from advseg_cli.cli import main
-from advseg_cli.datasets.shapes import WORLD_CLASS_IDS, render_scene, scene_for
 from advseg_cli.errors import WeightsMismatchError
 from advseg_cli.segmentation import build_segmenter
 from advseg_cli.segmentation.base import uint8_to_model_range
 from advseg_cli.segmentation.maps import one_hot
 from advseg_cli.segmentation.metrics import confusion_matrix, mean_iou
-from advseg_cli.segmentation.shapes_seg import build_role_segmenter, load_network
-from advseg_cli.segmentation.shapes_training import predict_world, render_split, to_world_index
+from advseg_cli.world.render import WORLD_CLASS_IDS, render_scene, scene_for
+from advseg_cli.world.seg import build_role_segmenter, load_network
+from advseg_cli.world.seg_training import predict_world, render_split, to_world_index
 
 SEG_FILE = "shapes-seg.safetensors"
 

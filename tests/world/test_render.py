@@ -12,8 +12,8 @@ from click.testing import CliRunner
 from PIL import Image
 
 from advseg_cli.cli import main
-from advseg_cli.datasets.shapes import (STUFF, THINGS, WORLD_CLASS_IDS, Scene, Thing, class_id, render_scene,
-                                        scene_for)
+from advseg_cli.world.render import (STUFF, THINGS, WORLD_CLASS_IDS, Scene, Thing, class_id, render_scene,
+                                     scene_for)
 from advseg_cli.segcache import SegmentationCache
 from advseg_cli.segmentation.classes import CLASS_NAMES, IS_STUFF, IS_THING
 from tests.helpers import requires_hed_weights

@@ -2,7 +2,7 @@
 
 Why it exists: no panoptic Seg weights can be had offline, so the adversarial segmentation loss could
 never be seen doing anything. Here segmentation has a ground truth, a Seg can be trained on it in
-minutes (:mod:`advseg_cli.segmentation.shapes_seg`), and what the loss does can be measured.
+minutes (:mod:`advseg_cli.world.seg`), and what the loss does can be measured.
 
 A photo is a "stuff" background, a top region (sky with a vertical gradient, or a brick wall) over a
 bottom region (grass, sand or sea, each with its own noise texture), with one to three "thing" objects

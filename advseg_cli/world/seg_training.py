@@ -27,14 +27,13 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from advseg_cli.datasets.shapes import WORLD_CLASS_IDS, WORLD_VERSION, render_scene, scene_for
 from advseg_cli.errors import AdvsegError
 from advseg_cli.progress import progress
 from advseg_cli.runrecord import RunRecord, record_path_for
 from advseg_cli.segmentation.base import uint8_to_model_range
 from advseg_cli.segmentation.metrics import confusion_matrix, mean_iou, per_class_iou
-from advseg_cli.segmentation.shapes_seg import (ARCHITECTURES, NUM_WORLD_CLASSES, ROLES, build_network,
-                                                save_network, world_logits)
+from advseg_cli.world.render import WORLD_CLASS_IDS, WORLD_VERSION, render_scene, scene_for
+from advseg_cli.world.seg import ARCHITECTURES, NUM_WORLD_CLASSES, ROLES, build_network, save_network, world_logits
 
 IGNORE = 255  # a 135-layout label that is not one of the world's classes (never in the world's truth)
 
@@ -167,7 +166,7 @@ def ensure_trained(role: str, out: Path, config: SegTrainingConfig = SegTraining
     (never silently replaced: it may be someone's work).
     """
     from advseg_cli.runrecord import read_record
-    from advseg_cli.segmentation.shapes_seg import verify_against_record
+    from advseg_cli.world.seg import verify_against_record
 
     if out.exists():
         verify_against_record(out)

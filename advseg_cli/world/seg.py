@@ -1,6 +1,6 @@
 """The ``shapes`` backend: a small segmentation network trained on the shapes world, a real Seg offline.
 
-Two roles, two independently trained networks (:mod:`advseg_cli.segmentation.shapes_training`):
+Two roles, two independently trained networks (:mod:`advseg_cli.world.seg_training`):
 
 * ``shapes-seg`` (a dilated FCN without skips, seed 0) is the backend ``--backend shapes``: what
   ``advseg segcache`` and the training's segmentation discriminators use, exactly like the COCO
@@ -29,13 +29,13 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from advseg_cli.datasets.shapes import WORLD_CLASS_IDS, WORLD_CLASS_NAMES, WORLD_VERSION
 from advseg_cli.errors import WeightsMismatchError, WeightsNotFoundError
 from advseg_cli.files import sha256_file
 from advseg_cli.runrecord import read_record, record_path_for
 from advseg_cli.segmentation.base import Segmenter, check_images, register_backend, register_weights_check
 from advseg_cli.segmentation.classes import NUM_CLASSES
-from advseg_cli.weights import ResolvedWeights, WeightsSpec, register_weights, resolve_weights
+from advseg_cli.weights import ResolvedWeights, WeightsSpec, advseg_home, register_weights, resolve_weights
+from advseg_cli.world.render import WORLD_CLASS_IDS, WORLD_CLASS_NAMES, WORLD_VERSION
 
 NUM_WORLD_CLASSES = len(WORLD_CLASS_IDS)
 _HOW_TO_GET = "train it with `advseg data prepare shapes ROOT` (its seg step, a few minutes on a CPU)"
@@ -49,6 +49,11 @@ ROLES: dict[str, tuple[WeightsSpec, str, int]] = {  # role -> (weights, architec
     "seg": (SEG_WEIGHTS, "fcn", 0),  # cheap: it runs inside every training step
     "eval": (EVAL_WEIGHTS, "unet", 1),
 }
+
+
+def world_segmenter_path(role: str, seg_out: Path | None) -> Path:
+    """Where the shapes world's ``role`` weights live: ``seg_out`` or ``$ADVSEG_HOME``."""
+    return (seg_out or advseg_home()) / ROLES[role][0].filename
 
 
 def _conv(cin: int, cout: int, stride: int = 1, dilation: int = 1) -> nn.Sequential:
