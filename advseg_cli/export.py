@@ -27,9 +27,11 @@ from advseg_cli.exported_models import (CARD_NAME, CONFIG_NAME, EXPORT_FORMAT, E
                                         META_DIGEST, META_GENERATOR, ONNX_INPUT, ONNX_OUTPUT, ONNX_SUFFIX,
                                         WEIGHTS_NAME, canonical_json, graph_bytes, onnx_digest)
 from advseg_cli.files import sha256_file, write_bytes_atomic
+from advseg_cli.optional import require
 from advseg_cli.runrecord import FOLDER_RECORD_NAME, RunRecord, record_path_for
 
 EXPORT_FORMATS = ("safetensors", "onnx")
+ONNX_PURPOSE = "--format onnx"  # what needs the onnx package, in its refusal
 DEFAULT_OPSET = 17  # InstanceNormalization, reflect Pad and ConvTranspose as these generators need them
 
 
@@ -175,7 +177,7 @@ def onnx_bytes(network: torch.nn.Module, side: int, opset: int, config: dict[str
     without the extra onnxscript dependency the newer exporter needs; its deprecation warnings are
     silenced here because the tests compare its graph with torch on every architecture.
     """
-    import onnx
+    onnx = require("onnx", ONNX_PURPOSE)
 
     network = network.eval().cpu().float()
     example = torch.zeros(1, network.spec.in_ch, side, side)
@@ -218,14 +220,14 @@ def _check_out(out: Path, config: ExportConfig) -> None:
 def export_model(source: Path, out: Path, config: ExportConfig = ExportConfig()) -> ExportSummary:
     """Export the sketch -> photo generator of ``source`` to ``out`` in ``config.format``."""
     config.validate()
+    if config.format == "onnx":
+        require("onnx", ONNX_PURPOSE)  # a missing extra is refused first: before loading, before writing
     source, out = Path(source), Path(out)
     _check_out(out, config)
     generator = load_generator(source, epoch=config.epoch, arch=config.arch, norm=config.norm,
                                dropout=config.dropout)
     if generator.runs_onnx:
         raise AdvsegError(f"{source} is already an ONNX file; export from its run folder or safetensors folder")
-    if config.format == "onnx":
-        import onnx  # noqa: F401 - refuse a missing extra before writing anything
     side = trace_side(generator)
     description = export_config(generator, side)
     network = generator.network.eval()

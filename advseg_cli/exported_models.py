@@ -34,6 +34,7 @@ from torch import Tensor, nn
 from advseg_cli.errors import AdvsegError, WeightsMismatchError
 from advseg_cli.models.networks import (GENERATOR_ARCHS, NORMS, GeneratorSpec, define_generator,
                                         load_generator_weights)
+from advseg_cli.optional import require
 
 EXPORT_FORMAT = "advseg-export"
 EXPORT_VERSION = 1
@@ -47,6 +48,7 @@ ONNX_OUTPUT = "photo"
 META_CONFIG = "advseg.config"
 META_DIGEST = "advseg.sha256"  # ONNX: sha256 of the graph's bytes followed by the config's bytes
 META_GENERATOR = "advseg.generator"  # safetensors: the generator spec the weights were written for
+ONNX_MODEL_PURPOSE = "an .onnx MODEL (run by ONNX Runtime)"  # what needs onnx/onnxruntime, in their refusal
 REEXPORT_HINT = "export it again with `advseg export RUN OUT` (or get an untouched copy)"
 
 
@@ -196,13 +198,9 @@ def graph_bytes(model: Any) -> bytes:
 
 
 def _import_onnx() -> tuple[Any, Any]:
-    try:
-        import onnx
-        import onnxruntime
-    except ImportError:
-        raise AdvsegError("ONNX models need onnx and onnxruntime: pip install -e .[export] "
-                          "(make install includes them)") from None
-    return onnx, onnxruntime
+    """onnx (reads the file) and onnxruntime (runs it), both required when an .onnx model is loaded, so
+    that either one missing is refused before colorize or serve creates anything."""
+    return require("onnx", ONNX_MODEL_PURPOSE), require("onnxruntime", ONNX_MODEL_PURPOSE)
 
 
 def read_onnx_model(path: Path, content: bytes) -> tuple[Any, dict[str, Any]]:

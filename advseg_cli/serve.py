@@ -39,7 +39,9 @@ from advseg_cli.colorize import (ColorizeConfig, Geometry, LoadedGenerator, gene
 from advseg_cli.devices import resolve_device
 from advseg_cli.errors import AdvsegError, ImageDecodeError
 from advseg_cli.images import decode_rgb
+from advseg_cli.optional import require
 
+SERVE_PURPOSE = "the web page"  # what needs gradio, in its refusal
 DEFAULT_PORT = 7860
 DEFAULT_MAX_SIDE = 4096  # uploads with a longer side are refused (from the header, before decoding)
 MAX_UPLOAD_MB = 50  # Gradio refuses larger uploads before they reach us
@@ -295,16 +297,13 @@ def _stop_on_sigterm(signum: int, frame: Any) -> None:
 def serve(model: Path, config: ServeConfig = ServeConfig()) -> None:
     """Load MODEL (refusing a bad one before any server starts) and serve the page until interrupted."""
     config.validate()
+    require("gradio", SERVE_PURPOSE)  # refused before the model is loaded and any temporary folder exists
     colorizer = load_colorizer(Path(model), config)
     sketcher = PhotoSketcher(config.hed_weights, colorizer.device if not colorizer.generator.runs_onnx
                              else torch.device("cpu"))
     if threading.current_thread() is threading.main_thread():
         signal.signal(signal.SIGTERM, _stop_on_sigterm)  # `kill` cleans up like Ctrl-C does
     with private_gradio_folder():
-        try:
-            import gradio  # noqa: F401
-        except ImportError:
-            raise AdvsegError("advseg serve needs gradio: pip install -e .[serve] (make install includes it)") from None
         page = build_page(colorizer, sketcher, Path(model), config.max_side)
         try:
             page.queue(default_concurrency_limit=1).launch(

@@ -26,6 +26,8 @@ import sys
 import time
 from pathlib import Path
 
+from advseg_cli.optional import MissingDependencyError, require
+
 REPO = Path(__file__).resolve().parents[1]
 WORK = REPO / ".mutation"
 SOURCE_PACKAGES = ("advseg_cli", "hed")  # both go into mutants/, so that no test imports another tree's copy
@@ -218,6 +220,11 @@ def main(argv: list[str] | None = None) -> int:
     unknown = sorted(set(names) - {target.name for target in TARGETS})
     if unknown:
         parser.error(f"unknown module(s) {', '.join(unknown)}; choose from {known}")
+    try:  # every mode runs `python -m mutmut` with this interpreter: refuse before .mutation/ is touched
+        require("mutmut", "make mutation (python -m tests.mutation)")
+    except MissingDependencyError as error:
+        print(f"mutation: error: {error}", file=sys.stderr)
+        return error.exit_code
     lines = ["| module | file | killed | not killed | time |", "|---|---|---|---|---|"]
     for target in (t for t in TARGETS if t.name in names):
         print(f"mutation: {target.name} ({target.source}) ...", flush=True)

@@ -28,6 +28,7 @@ import json
 import math
 from collections.abc import Iterator
 from pathlib import Path
+from types import ModuleType
 from typing import Any
 
 import torch
@@ -35,8 +36,9 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from advseg_cli.devices import autocast
-from advseg_cli.errors import AdvsegError, IncompatibleInputError, WeightsMismatchError, WeightsNotFoundError
+from advseg_cli.errors import IncompatibleInputError, WeightsMismatchError, WeightsNotFoundError
 from advseg_cli.files import sha256_file
+from advseg_cli.optional import require
 from advseg_cli.segmentation.base import Segmenter, check_images, register_backend, register_weights_check
 from advseg_cli.segmentation.classes import IS_STUFF, coco_panoptic_133_to_135
 from advseg_cli.segmentation.panoptic_queries import (
@@ -150,19 +152,14 @@ def _class_names(config: Any, folder: Path) -> list[str]:
 
 def load_network(folder: Path, model_name: str) -> tuple[torch.nn.Module, list[Path]]:
     """Build the transformers model from a saved folder, refusing partial or pickled weights."""
-    try:
-        from transformers import Mask2FormerConfig, Mask2FormerForUniversalSegmentation
-    except ImportError:
-        raise AdvsegError(
-            "the mask2former backend needs the transformers package: pip install transformers"
-        ) from None
+    transformers = _require_transformers()
     files = _safetensors_files(folder, model_name)
     if not (folder / "config.json").is_file():
         raise WeightsNotFoundError(f"{folder}: no config.json; pass a folder written by save_pretrained")
     try:
-        config = Mask2FormerConfig.from_pretrained(folder, local_files_only=True)
+        config = transformers.Mask2FormerConfig.from_pretrained(folder, local_files_only=True)
         with _quiet_transformers():
-            network, info = Mask2FormerForUniversalSegmentation.from_pretrained(
+            network, info = transformers.Mask2FormerForUniversalSegmentation.from_pretrained(
                 folder, config=config, use_safetensors=True, local_files_only=True, output_loading_info=True
             )
     except (OSError, ValueError, KeyError, RuntimeError) as exc:
@@ -173,6 +170,12 @@ def load_network(folder: Path, model_name: str) -> tuple[torch.nn.Module, list[P
             f"{folder}: weights do not fit the model ({len(missing)} missing or mismatched, e.g. {missing[0]})"
         )
     return network, files
+
+
+def _require_transformers() -> ModuleType:
+    """transformers, or the one-line refusal: called before the weights are looked for (their hint is a
+    transformers command) and before segcache or train create anything."""
+    return require("transformers", "the mask2former backend")
 
 
 @contextlib.contextmanager
@@ -273,6 +276,7 @@ class Mask2FormerSegmenter(Segmenter):
 @register_weights_check("mask2former")
 def check_mask2former_weights(weights: Path | None) -> str:
     """The folder build_mask2former would load, and that it holds safetensors weights."""
+    _require_transformers()
     folder, source = resolve_model_folder(weights, DEFAULT_MODEL)
     _safetensors_files(folder, DEFAULT_MODEL)
     return f"{folder} ({source})"
@@ -282,7 +286,8 @@ def check_mask2former_weights(weights: Path | None) -> str:
 def build_mask2former(
     weights: Path | None, device: torch.device, precision: str = "fp32"
 ) -> Mask2FormerSegmenter:
-    """Factory of the registry: find and load the weights, then wrap the network."""
+    """Factory of the registry: transformers present, find and load the weights, then wrap the network."""
+    _require_transformers()
     folder, source = resolve_model_folder(weights, DEFAULT_MODEL)
     network, files = load_network(folder, DEFAULT_MODEL)
     model_name = DEFAULT_MODEL if source != "explicit" else str(folder.resolve())

@@ -43,14 +43,15 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from advseg_cli.devices import autocast
-from advseg_cli.errors import AdvsegError, WeightsMismatchError, WeightsNotFoundError
+from advseg_cli.errors import WeightsMismatchError, WeightsNotFoundError
+from advseg_cli.optional import DETECTRON2_GUIDE, require
 from advseg_cli.segmentation.base import Segmenter, check_images, register_backend, register_weights_check
 from advseg_cli.segmentation.classes import NUM_CLASSES, THINGS_MERGED
 from advseg_cli.weights import ResolvedWeights, WeightsSpec, register_weights, resolve_weights
 
 MODEL_NAME = "detectron2 COCO-PanopticSegmentation/panoptic_fpn_R_50_3x"
 CONFIG_PATH = "COCO-PanopticSegmentation/panoptic_fpn_R_50_3x.yaml"
-INSTALL_GUIDE = "https://detectron2.readthedocs.io/en/latest/tutorials/install.html"
+INSTALL_GUIDE = DETECTRON2_GUIDE
 WEIGHTS_URL = (
     "https://dl.fbaipublicfiles.com/detectron2/COCO-PanopticSegmentation/panoptic_fpn_R_50_3x/"
     "139514569/model_final_c10459.pkl"
@@ -169,13 +170,8 @@ def load_weights(network: torch.nn.Module, path: Path) -> None:
 
 
 def _require_detectron2() -> None:
-    try:
-        import detectron2  # noqa: F401
-    except ImportError:
-        raise AdvsegError(
-            "the panoptic-fpn backend needs detectron2, which is not installed (it is not on PyPI): "
-            f"install it as {INSTALL_GUIDE} describes, or use --backend mask2former"
-        ) from None
+    """detectron2 is optional and not on PyPI: say where its guide is and which backend needs none."""
+    require("detectron2", "the panoptic-fpn backend", alternative="or use --backend mask2former")
 
 
 def panoptic_fpn_config(device: torch.device) -> Any:

@@ -22,12 +22,13 @@ from PIL import Image
 
 from advseg_cli.colorize import ColorizeConfig, colorize_folder
 from advseg_cli.export import ExportConfig, export_model
+from advseg_cli.optional import install_hint
 from tests.colorize.kit import CPU, result_of, save_public, tiny_generator, write_sketches
 from tests.helpers import REPO
 from tests.serve.kit import huge_png
 
-pytest.importorskip("gradio", reason="advseg serve needs the serve extra: pip install -e .[serve]")
-webdriver = pytest.importorskip("selenium.webdriver", reason="the browser test needs selenium (the serve extra)")
+pytest.importorskip("gradio", reason=f"advseg serve needs {install_hint('gradio')}")
+webdriver = pytest.importorskip("selenium.webdriver", reason=f"the browser test needs {install_hint('selenium')}")
 from selenium.webdriver.common.action_chains import ActionChains  # noqa: E402
 from selenium.webdriver.common.by import By  # noqa: E402
 
