@@ -5,8 +5,9 @@ never be seen doing anything. Here segmentation has a ground truth, a Seg can be
 minutes (:mod:`advseg_cli.world.seg`), and what the loss does can be measured.
 
 A photo is a "stuff" background, a top region (sky with a vertical gradient, or a brick wall) over a
-bottom region (grass, sand or sea, each with its own noise texture), with one to three "thing" objects
-on it. A thing's class is tied to its **shape** and its colour is class-specific with some variation,
+bottom region (grass with dark blades, sand with pebbles, or sea with waves: textures a sketch keeps, so
+a sketch tells the five apart), with one or two "thing" objects on it, apart from each other, each with a
+dark rim inside its outline so that its edge is found on any background. A thing's class is tied to its **shape** and its colour is class-specific with some variation,
 so a sketch (which has no colour) tells the right colours only through what the object is. Class ids
 are those of the 135-class layout (things from 1..80, stuff from 82..134), so maps, discriminators and
 caches work unchanged. Photos are drawn at twice their size and box-filtered down, so edges are
@@ -26,7 +27,9 @@ import numpy as np
 
 from advseg_cli.segmentation.classes import CLASS_NAMES
 
-WORLD_VERSION = 1  # bump when rendering changes: Seg weights record the version they were trained on
+WORLD_VERSION = 2  # bump when rendering changes: Seg weights record the version they were trained on
+# v2: outlined, larger, separated objects (1-2); grass blades and sand pebbles that a sketch shows (v1's
+# sketches lost small objects on brick and could not tell grass from sand)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -103,14 +106,33 @@ def _vary(rgb: tuple[int, int, int], rng: np.random.Generator, amount: int) -> t
     return tuple(int(np.clip(c + rng.integers(-amount, amount + 1), 0, 255)) for c in rgb)  # type: ignore[return-value]
 
 
+THING_RADIUS = (0.15, 0.24)  # half extents, in units of the side: at a 48 px crop still 7-11 px
+THING_CENTRE = (0.22, 0.78)  # centres keep most of every object inside the photo and inside a training crop
+THING_SEPARATION = 0.8  # centres at least this times the sum of the radii apart: shapes stay readable
+PLACEMENT_TRIES = 20  # draws of a position before an object is left out
+
+
+def _place_thing(cls: ThingClass, placed: list[Thing], rng: np.random.Generator) -> Thing | None:
+    """An object of ``cls`` away from those already placed, or None when no draw found room.
+
+    Every draw is made whether or not it is used, so a scene stays a pure function of its generator.
+    """
+    for _ in range(PLACEMENT_TRIES):
+        radius = float(rng.uniform(*THING_RADIUS))
+        x, y = (float(v) for v in rng.uniform(*THING_CENTRE, size=2))
+        if all(math.hypot(x - t.x, y - t.y) > THING_SEPARATION * (radius + t.radius) for t in placed):
+            return Thing(cls.name, x, y, radius, float(rng.uniform(-0.3, 0.3)), _vary(cls.rgb, rng, 18))
+    return None
+
+
 def random_scene(rng: np.random.Generator, size: int) -> Scene:
-    """A scene drawn from the world's distribution."""
+    """A scene drawn from the world's distribution: one or two outlined objects, apart."""
     top, bottom = TOP_STUFF[rng.integers(len(TOP_STUFF))], BOTTOM_STUFF[rng.integers(len(BOTTOM_STUFF))]
-    things = []
-    for _ in range(int(rng.integers(1, 4))):
-        cls = THINGS[rng.integers(len(THINGS))]
-        things.append(Thing(cls.name, float(rng.uniform(0.15, 0.85)), float(rng.uniform(0.15, 0.85)),
-                            float(rng.uniform(0.09, 0.19)), float(rng.uniform(-0.35, 0.35)), _vary(cls.rgb, rng, 18)))
+    things: list[Thing] = []
+    for _ in range(int(rng.integers(1, 3))):
+        thing = _place_thing(THINGS[rng.integers(len(THINGS))], things, rng)
+        if thing is not None:
+            things.append(thing)
     return Scene(size, float(rng.uniform(0.35, 0.65)), top.name, bottom.name, _vary(top.rgb, rng, 14),
                  _vary(bottom.rgb, rng, 14), tuple(things), int(rng.integers(2**31)))
 
@@ -178,20 +200,39 @@ def _texture(name: str, rgb: tuple[int, int, int], rng: np.random.Generator, ys:
         colour = base[None, None, :] * shade[..., None]
         colour[mortar] = (205, 200, 190)
         return colour
-    if name == "grass-merged":  # blades: fine noise stretched vertically
-        blades = _smooth_noise(rng, side, max(1, side // 96))[:, :] * 0.5 + rng.uniform(-1, 1, (side, side)) * 0.5
-        return np.clip(base * (1 + 0.35 * blades)[..., None], 0, 255)
-    if name == "sand":  # low-amplitude fine grain with darker dots
-        grain = rng.uniform(-1, 1, (side, side)) * 0.12 + _smooth_noise(rng, side, max(1, side // 8)) * 0.08
-        dots = rng.uniform(size=(side, side)) < 0.01
-        colour = base * (1 + grain)[..., None]
-        colour[dots] *= 0.7
+    if name == "grass-merged":  # dark vertical blades in 40 columns, each column's blades at its own phase
+        columns = GRASS_COLUMNS
+        phase = rng.uniform(0, 1, columns)[np.floor(xs * columns).astype(int) % columns]
+        blade = (np.abs((xs * columns) % 1 - 0.5) < 0.12) & (((ys * 6 + phase) % 1) < 0.6)
+        colour = base * (1 + 0.08 * rng.uniform(-1, 1, (side, side)))[..., None]
+        colour[blade] *= 0.45
+        return np.clip(colour, 0, 255)
+    if name == "sand":  # fine grain with dark pebbles large enough to survive in a sketch
+        colour = base * (1 + 0.05 * rng.uniform(-1, 1, (side, side)))[..., None]
+        for cy, cx in rng.uniform(0, 1, (SAND_PEBBLES, 2)):
+            colour[(ys - cy) ** 2 + (xs - cx) ** 2 < PEBBLE_RADIUS ** 2] *= 0.5
         return np.clip(colour, 0, 255)
     if name == "sea":  # horizontal waves, lighter crests
         wave = np.sin(2 * np.pi * (ys * 14 + 0.3 * _smooth_noise(rng, side, max(1, side // 6))))
         crest = (wave > 0.75)[..., None]
         return np.clip(base * (1 + 0.15 * wave)[..., None] + crest * 70, 0, 255)
     raise ValueError(f"unknown stuff {name!r}")
+
+
+GRASS_COLUMNS = 40  # blade columns across the side
+SAND_PEBBLES = 70  # pebbles per canvas
+PEBBLE_RADIUS = 0.018  # in units of the side (about 2 px at 128 px)
+OUTLINE = 0.012  # width of an object's dark rim, in units of the side: an edge HED finds on any background
+OUTLINE_RGB = 25.0
+
+
+def _erode(mask: np.ndarray, pixels: int) -> np.ndarray:
+    """``mask`` shrunk by ``pixels`` (4-neighbour erosion, repeated); outside the canvas counts as outside."""
+    inner = mask.copy()
+    for _ in range(pixels):
+        padded = np.pad(inner, 1, constant_values=False)
+        inner = inner & padded[:-2, 1:-1] & padded[2:, 1:-1] & padded[1:-1, :-2] & padded[1:-1, 2:]
+    return inner
 
 
 def _thing_colour(thing: Thing, ys: np.ndarray) -> np.ndarray:
@@ -217,9 +258,12 @@ def render_scene(scene: Scene) -> tuple[np.ndarray, np.ndarray]:
                      _texture(scene.bottom, scene.bottom_rgb, rng, ys, xs))
     labels = np.where(top, class_id(scene.top), class_id(scene.bottom)).astype(np.uint8)
     shapes = {cls.name: cls.shape for cls in THINGS}
+    rim = max(1, round(OUTLINE * side))
     for thing in scene.things:
         mask = thing_mask(thing, shapes[thing.kind], ys, xs)
-        photo[mask] = _thing_colour(thing, ys)[mask]
+        photo[mask] = OUTLINE_RGB  # the rim: the object's own pixels, drawn dark, inside its outline
+        inner = _erode(mask, rim)
+        photo[inner] = _thing_colour(thing, ys)[inner]
         labels[mask] = class_id(thing.kind)
     small = photo.reshape(scene.size, 2, scene.size, 2, 3).mean(axis=(1, 3))
     return np.clip(np.round(small), 0, 255).astype(np.uint8), _majority_downsample(labels)
