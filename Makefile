@@ -74,7 +74,7 @@ demo: install ## Run the chain on shipped sample photos (offline, CPU, minutes)
 	OMP_WAIT_POLICY=PASSIVE $(PY) -m advseg_cli.demo $(OUT)
 
 EVIDENCE_OUT ?= evidence-out#  advseg experiment seg-effect's output folder (make evidence)
-EVIDENCE_PRESET ?= default#    quick | default (under an hour on a 2-core CPU) | gpu (then set EVIDENCE_ARGS, DEVICE)
+EVIDENCE_PRESET ?= default#    quick | default (5 seeds; see docs/evidence.md for its time on a 2-core CPU) | gpu (then set EVIDENCE_ARGS, DEVICE)
 EVIDENCE_ARGS ?=#              extra options of `advseg experiment seg-effect`
 
 SEG_EFFECT = $(VENV)/bin/advseg experiment seg-effect $(EVIDENCE_OUT) --preset $(EVIDENCE_PRESET) --device $(DEVICE) $(EVIDENCE_ARGS)

@@ -21,14 +21,14 @@ def _names(text: str | None) -> tuple[str, ...] | None:
 @experiment.command("seg-effect")
 @click.argument("out", type=click.Path(path_type=Path, file_okay=False))
 @click.option("--preset", type=click.Choice(["quick", "default", "gpu"]), default="default",
-              help="quick: minutes, for tests (numbers mean nothing); default: about an hour on a 2-core CPU; "
+              help="quick: minutes, for tests (numbers mean nothing); default: 5 seeds, hours on a 2-core CPU (docs/evidence.md has the measured time; use --jobs 2); "
                    "gpu: larger photos, wider networks, more steps.")
 @click.option("--quick", is_flag=True, help="Same as --preset quick.")
 @click.option("--models", metavar="LIST", help="Comma-separated models of advseg train: cyclegan, pix2pix, autopainter, "
                                                "cut, fastcut.", show_default="cyclegan,pix2pix")
 @click.option("--modes", metavar="LIST", help="Comma-separated subset of none, compat, soft, straight.",
               show_default="all four")
-@click.option("--seeds", metavar="LIST", help="Comma-separated seeds.", show_default="the preset's: 0,1 quick, 0,1,2 else")
+@click.option("--seeds", metavar="LIST", help="Comma-separated seeds.", show_default="the preset's: 0,1 quick, 0-4 else")
 @click.option("--device", default="cpu", help="auto, cpu, cuda or cuda:N.")
 @click.option("--threads", type=click.IntRange(min=0), default=0, show_default="0: torch's default",
               help="CPU threads of torch (1 is often fastest for these small networks on a busy machine; "
