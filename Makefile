@@ -82,8 +82,9 @@ SEG_EFFECT = $(VENV)/bin/advseg experiment seg-effect $(EVIDENCE_OUT) --preset $
 # On a CPU, two processes of one thread each use 2 cores far better than one process of two threads
 # (these networks are small): --jobs 2 trains two runs at once. Re-running continues where it stopped.
 EVIDENCE_JOBS ?= 2#             runs trained at once (one process and one thread each)
+EVIDENCE_MODELS ?= pix2pix#     pix2pix (about an hour on 2 cores) | pix2pix,cyclegan (CycleGAN adds about 8 hours and has not converged yet: docs/evidence.md)
 evidence: install ## Measure what the AdvSegLoss does in the shapes world; table, curves and grids into docs/evidence/
-	$(SEG_EFFECT) --jobs $(EVIDENCE_JOBS) --threads 1
+	$(SEG_EFFECT) --jobs $(EVIDENCE_JOBS) --threads 1 --models $(EVIDENCE_MODELS)
 	mkdir -p docs/evidence
 	cp $(EVIDENCE_OUT)/table.md $(EVIDENCE_OUT)/results.json $(EVIDENCE_OUT)/plots/*.png docs/evidence/
 
