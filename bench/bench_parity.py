@@ -444,7 +444,7 @@ def build_settings(args: argparse.Namespace) -> Settings:
     for split in ("trainA", "trainB", "testA", "testB", "truth"):
         if not (args.world / split).is_dir():
             raise ParityError(f"--world {args.world}: no {split}/ (make it with `advseg experiment seg-effect` or "
-                              "`advseg prepare shapes`)")
+                              "`advseg data prepare shapes ROOT`)")
     if not args.eval_weights.is_file():
         raise ParityError(f"--eval-weights {args.eval_weights}: no such file")
     if args.steps < 1 or args.jobs < 1:
