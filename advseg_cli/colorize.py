@@ -25,6 +25,8 @@ Two test-time modes, recorded in the run record because they give different FIDs
 
 Sketches are read like the training data reads them (any image mode, upright, converted to gray and
 fed replicated to the generator's input channels) so a model sees at test time what it saw in training.
+They are inputs from strangers, checked before decoding as ``advseg serve``'s uploads are
+(``SKETCH_LIMITS``); a refused one is a failed input with its reason, never the end of the run.
 """
 
 from __future__ import annotations
@@ -52,7 +54,7 @@ from advseg_cli.devices import autocast, check_precision, resolve_device
 from advseg_cli.errors import (AdvsegError, AllInputsFailedError, ImageDecodeError, IncompatibleInputError,
                                WeightsMismatchError, WeightsNotFoundError)
 from advseg_cli.files import remove_stale_temporaries, sha256_file, write_bytes_atomic
-from advseg_cli.images import image_size, is_valid_png, list_images, read_rgb, write_png
+from advseg_cli.images import ImageLimits, image_size, is_valid_png, list_images, read_rgb, write_png
 from advseg_cli.models.advseg import MODELS
 from advseg_cli.models.networks import (GENERATOR_ARCHS, NORMS, GeneratorSpec, define_generator,
                                         load_generator_weights)
@@ -73,6 +75,9 @@ PUBLIC_CROP_SIZE = 256
 SIZE_MULTIPLE = {"resnet_9blocks": 4, "resnet_6blocks": 4, "unet_256": 256, "unet_128": 128}
 GRID_FOLDER = "grid"
 INDEX_NAME = "index.html"
+# Sketch folders come from anyone: each file is checked as an upload of `advseg serve` is (one still image
+# of a usual format, its data its declared size, within these limits) before it is decoded.
+SKETCH_LIMITS = ImageLimits()
 
 RUN_FOLDER = "run-folder"
 ADVSEG_CHECKPOINT = "advseg-checkpoint"
@@ -499,7 +504,8 @@ class _SketchDataset(Dataset):
     def __getitem__(self, index: int) -> tuple[int, PreparedSketch | None, str]:
         job = self.jobs[index]
         try:
-            return index, prepare_sketch(read_rgb(job.source), job.relative, self.geometry), ""
+            rgb = read_rgb(job.source, SKETCH_LIMITS)
+            return index, prepare_sketch(rgb, job.relative, self.geometry), ""
         except ImageDecodeError as exc:
             return index, None, exc.reason
 

@@ -7,8 +7,11 @@ file that cannot be decoded must become a per-file report, never a crash of the 
 
 from __future__ import annotations
 
+import dataclasses
 import io
+import struct
 import warnings
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -23,6 +26,32 @@ IMAGE_EXTENSIONS = frozenset(
 
 # Photos above this many pixels are almost surely a mistake (or a decompression bomb): refuse them.
 MAX_PIXELS = 20000 * 20000
+MAX_SIDE = 20000  # longest side of an untrusted image (a 1 x 400 M pixel strip is no sketch either)
+
+# What an untrusted input may be: the formats of IMAGE_EXTENSIONS. Pillow opens many more (EPS runs
+# Ghostscript, ICO/DDS/PSD/... are attack surface nobody needs here), and the file's name proves nothing.
+UNTRUSTED_FORMATS = ("PNG", "JPEG", "BMP", "TIFF", "WEBP", "GIF", "PPM")
+_UNTRUSTED_NAMES = "PNG, JPEG, BMP, TIFF, WebP, GIF or PPM"
+_PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+_PNG_CHANNELS = {0: 1, 2: 3, 3: 1, 4: 2, 6: 4}  # colour type -> samples per pixel
+_ADAM7 = ((0, 0, 8, 8), (4, 0, 8, 8), (0, 4, 4, 8), (2, 0, 4, 4), (0, 2, 2, 4), (1, 0, 2, 2), (0, 1, 1, 2))
+_INFLATE_STEP = 1 << 20  # bytes of PNG pixel data inflated at a time while counting them
+
+
+@dataclasses.dataclass(frozen=True)
+class ImageLimits:
+    """The largest image an input from a stranger may be; checked from its header, before decoding.
+
+    A side limit and a pixel limit both: a 1 x 100 M strip passes any pixel budget a photo needs,
+    and a 9000 x 9000 square passes any side limit a panorama needs.
+    """
+
+    max_side: int = MAX_SIDE  # width and height each
+    max_pixels: int = MAX_PIXELS  # width x height
+
+
+class _Refused(Exception):
+    """Why an untrusted image is refused (the reason only; the caller adds the file's name)."""
 
 
 def list_images(root: Path) -> list[Path]:
@@ -73,10 +102,109 @@ def _to_rgb(image: Image.Image) -> np.ndarray:
     return np.asarray(image.convert("RGB"))
 
 
-def decode_rgb(data: bytes, name: object = "<bytes>") -> np.ndarray:
-    """Decode image bytes to an upright HxWx3 uint8 RGB array, or raise ImageDecodeError."""
+def _png_pixel_bytes(width: int, height: int, bit_depth: int, colour_type: int, interlace: int) -> int:
+    """How many bytes the inflated pixel data of a PNG with this header holds (filter bytes included)."""
+    bits = _PNG_CHANNELS[colour_type] * bit_depth
+    passes = _ADAM7 if interlace else ((0, 0, 1, 1),)
+    total = 0
+    for x0, y0, dx, dy in passes:
+        columns, rows = -(-(width - x0) // dx), -(-(height - y0) // dy)
+        if columns > 0 and rows > 0:
+            total += rows * (1 + (columns * bits + 7) // 8)
+    return total
+
+
+def _png_chunks(data: bytes) -> list[tuple[bytes, bytes]]:
+    """(type, payload) of every chunk up to IEND, checking lengths and CRCs: a cut or damaged file is refused."""
+    chunks, offset = [], len(_PNG_SIGNATURE)
+    while True:
+        if offset + 12 > len(data):
+            raise _Refused("truncated file: the PNG ends before its IEND chunk")
+        length, kind = struct.unpack(">I4s", data[offset:offset + 8])
+        end = offset + 8 + length
+        if end + 4 > len(data):
+            raise _Refused(f"truncated file: the PNG ends inside its {kind.decode('latin-1')} chunk")
+        payload = data[offset + 8:end]
+        if zlib.crc32(kind + payload) != int.from_bytes(data[end:end + 4], "big"):
+            raise _Refused(f"damaged file: the PNG's {kind.decode('latin-1')} chunk fails its checksum")
+        chunks.append((kind, payload))
+        if kind == b"IEND":
+            return chunks
+        offset = end + 4
+
+
+def _check_png_data(data: bytes) -> None:
+    """Refuse a PNG whose pixel data is not exactly what its header declares.
+
+    Pillow decodes a PNG whose compressed stream ends early without complaint (the missing rows come out
+    black, which in a sketch are lines) and ignores extra rows; inflating and counting, without keeping
+    the pixels, catches both. The header's size was checked first, so the count is bounded.
+    """
+    chunks = _png_chunks(data)
+    if chunks[0][0] != b"IHDR" or len(chunks[0][1]) != 13:
+        raise _Refused("damaged file: the PNG does not start with its IHDR header")
+    width, height, bit_depth, colour_type, _, _, interlace = struct.unpack(">IIBBBBB", chunks[0][1])
+    if colour_type not in _PNG_CHANNELS:
+        raise _Refused(f"damaged file: unknown PNG colour type {colour_type}")
+    expected = _png_pixel_bytes(width, height, bit_depth, colour_type, interlace)
+    inflater, found = zlib.decompressobj(), 0
+    try:
+        for kind, payload in chunks:
+            if kind != b"IDAT":
+                continue
+            pending = payload
+            while pending and not inflater.eof:
+                found += len(inflater.decompress(pending, _INFLATE_STEP))
+                pending = inflater.unconsumed_tail
+                if found > expected:
+                    raise _Refused(f"the PNG holds more pixel data than its declared {width}x{height} pixels")
+    except zlib.error:
+        raise _Refused("damaged file: the PNG's compressed pixel data is corrupt") from None
+    if not inflater.eof or found != expected:
+        raise _Refused(f"the PNG holds less pixel data than its declared {width}x{height} pixels "
+                       f"({found} of {expected} bytes): truncated or forged")
+
+
+def _check_untrusted(data: bytes, limits: ImageLimits) -> None:
+    """Refuse, from the header and without decoding pixels: other formats, oversize images, animations,
+    PNGs whose data is not their declared size. Decoding afterwards refuses truncated pixel data."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(io.BytesIO(data), formats=UNTRUSTED_FORMATS) as image:
+                width, height, kind = image.width, image.height, image.format
+                # MPO (opened by the JPEG plugin): a camera JPEG with extra pictures (depth, preview); its
+                # first picture is the photo
+                animated = bool(getattr(image, "is_animated", False)) and kind != "MPO"
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as error:
+        raise _Refused(f"image too large to decode safely ({error}); resize it first") from None
+    except UnidentifiedImageError:
+        raise _Refused(f"not an image: the data is not {_UNTRUSTED_NAMES}, whatever the file's name") from None
+    except Exception as error:  # noqa: BLE001 - an allowed format whose header its plugin cannot read
+        raise _Refused(f"damaged or truncated file: its header cannot be read ({error})") from None
+    if max(width, height) > limits.max_side or width * height > limits.max_pixels:
+        raise _Refused(f"image too large: {width}x{height} pixels; up to {limits.max_side} pixels a side and "
+                       f"{limits.max_pixels} pixels in all are taken: resize it first")
+    if animated:
+        raise _Refused(f"a {kind} with several frames (an animation or a multi-page file): save one frame "
+                       "as a still image first")
+    if kind == "PNG":
+        _check_png_data(data)
+
+
+def decode_rgb(data: bytes, name: object = "<bytes>", limits: ImageLimits | None = None) -> np.ndarray:
+    """Decode image bytes to an upright HxWx3 uint8 RGB array, or raise ImageDecodeError.
+
+    ``limits``: the bytes come from a stranger (a web upload, someone's sketch folder): refuse what is not
+    one still image of an allowed format within the limits before decoding it (see ``_check_untrusted``).
+    """
     if not data:
         raise ImageDecodeError(name, "empty file (0 bytes)")
+    if limits is not None:
+        try:
+            _check_untrusted(data, limits)
+        except _Refused as refused:
+            raise ImageDecodeError(name, str(refused)) from None
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
@@ -97,13 +225,16 @@ def decode_rgb(data: bytes, name: object = "<bytes>") -> np.ndarray:
     return np.ascontiguousarray(rgb)
 
 
-def read_rgb(path: Path) -> np.ndarray:
-    """Read a photo as an upright HxWx3 uint8 RGB array, or raise ImageDecodeError naming the file."""
+def read_rgb(path: Path, limits: ImageLimits | None = None) -> np.ndarray:
+    """Read a photo as an upright HxWx3 uint8 RGB array, or raise ImageDecodeError naming the file.
+
+    ``limits``: the file comes from a stranger; see ``decode_rgb``.
+    """
     try:
         data = Path(path).read_bytes()
     except OSError as exc:
         raise ImageDecodeError(path, f"cannot read file ({exc.strerror or exc})") from None
-    return decode_rgb(data, path)
+    return decode_rgb(data, path, limits)
 
 
 def read_gray(path: Path) -> np.ndarray:

