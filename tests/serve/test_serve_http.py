@@ -169,8 +169,9 @@ def test_every_still_image_of_an_allowed_format_is_coloured_as_colorize_does(ser
     assert np.abs(result.astype(np.int16) - expected).max() <= 1
 
 
-def test_zz_nothing_is_written_outside_the_private_folder_and_it_is_gone_after_sigterm(server: Server) -> None:
-    """Last in the module: it stops the server."""
+def test_zz_nothing_is_written_outside_the_private_folder_and_it_is_gone_after_sigterm(
+        server: Server, reference: np.ndarray) -> None:
+    """Last in the module: it stops the server. (``reference`` makes sure an upload was served.)"""
     watched = server.watched
     assert list(watched["cwd"].iterdir()) == [], "the server wrote into its working folder"
     assert list(watched["home"].rglob("*")) == [], "the server wrote into HOME"
