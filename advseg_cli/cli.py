@@ -16,7 +16,7 @@ import click
 from advseg_cli import __version__
 from advseg_cli.errors import AdvsegError, AllInputsFailedError, TrainingDivergedError
 from advseg_cli.help import FullSummaryGroup
-from advseg_cli.interrupts import StageInterrupted, same_command, treat_sigterm_as_ctrl_c
+from advseg_cli.interrupts import StageInterrupted, interrupt_exit_status, same_command, treat_sigterm_as_ctrl_c
 
 
 class _AdvsegGroup(FullSummaryGroup):
@@ -38,7 +38,7 @@ class _AdvsegGroup(FullSummaryGroup):
             stage = ctx.invoked_subcommand or "advseg"
             click.echo(f"\nadvseg {stage}: interrupted; finished outputs are kept and skipped by the next run; "
                        f"continue with: {same_command()}", err=True)
-            ctx.exit(130)
+            ctx.exit(interrupt_exit_status())
 
 
 @click.group(cls=_AdvsegGroup, context_settings={"help_option_names": ["-h", "--help"], "show_default": True})

@@ -8,6 +8,9 @@ Two behaviours, chosen by what the stage can afford:
 - training defers the signal to the end of the current step (``StopAtStepBoundary``): an optimisation step
   interrupted half-way cannot be saved, while one that finishes costs at most a second and lets the run save
   a checkpoint at exactly that step.
+
+The exit status says which signal stopped the run, as a shell reports a process the signal killed
+(128 + its number): 130 after Ctrl-C (SIGINT), 143 after SIGTERM; the first stop signal decides.
 """
 
 from __future__ import annotations
@@ -20,22 +23,39 @@ from types import FrameType, TracebackType
 from typing import Any
 
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+EXIT_STATUS = {signal.SIGINT: 130, signal.SIGTERM: 143}  # 128 + the signal's number
+_received: list[int] = []  # the stop signals this process received since its command started, in order
+
+
+def interrupt_exit_status() -> int:
+    """The exit status of a stage that a signal stopped: the first stop signal's (130 when none was seen,
+    as for a KeyboardInterrupt that no signal raised, or a rank that another process's signal stopped)."""
+    return EXIT_STATUS.get(signal.Signals(_received[0]), 130) if _received else 130
 
 
 class StageInterrupted(Exception):
-    """A stage stopped on a signal after saving what it had; the message says how to continue. Exit 130."""
+    """A stage stopped on a signal after saving what it had; the message says how to continue.
 
-    exit_code = 130
+    Exit 130 after SIGINT, 143 after SIGTERM (``interrupt_exit_status``).
+    """
+
+    @property
+    def exit_code(self) -> int:
+        return interrupt_exit_status()
 
 
 def _raise_keyboard_interrupt(signum: int, frame: FrameType | None) -> None:
+    _received.append(signum)
     raise KeyboardInterrupt
 
 
 def treat_sigterm_as_ctrl_c() -> None:
-    """Let SIGTERM unwind like Ctrl-C (records written, temporaries removed) instead of killing the process."""
+    """Let SIGTERM unwind like Ctrl-C (records written, temporaries removed) instead of killing the process,
+    and remember which of the two came first, for the exit status. Called when a command starts."""
+    _received.clear()
     if threading.current_thread() is threading.main_thread():
-        signal.signal(signal.SIGTERM, _raise_keyboard_interrupt)
+        for signum in STOP_SIGNALS:
+            signal.signal(signum, _raise_keyboard_interrupt)
 
 
 def same_command() -> str:
@@ -57,6 +77,7 @@ class StopAtStepBoundary:
     def _ask_to_stop(self, signum: int, frame: FrameType | None) -> None:
         if self.requested is not None:
             raise KeyboardInterrupt
+        _received.append(signum)
         self.requested = signal.Signals(signum).name
         print(f"\n{self.requested}: stopping after the current step and saving it (again: stop at once)",
               file=sys.stderr, flush=True)

@@ -17,7 +17,8 @@ from advseg_cli.errors import ImageDecodeError
 from advseg_cli.images import ImageLimits, decode_rgb, read_rgb
 from tests.untrusted_images import ACCEPTED, LIMITS, LOSSLESS, REFUSED, sketch_array
 
-DECODER_REFUSES = {"cut-jpeg.jpg", "cut-gif.gif", "cut-bmp.bmp", "cut-tiff.tif"}  # the header is whole, the pixels are not
+# the header is whole, the pixels are not: only decoding can tell
+DECODER_REFUSES = {"cut-jpeg.jpg", "cut-gif.gif", "cut-bmp.bmp", "cut-tiff.tif"}
 
 
 @pytest.mark.parametrize("name", sorted(REFUSED))

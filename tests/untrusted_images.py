@@ -1,8 +1,9 @@
 """Files a stranger may hand to `advseg serve` or `advseg colorize`, each made here byte by byte.
 
-File names have distinct stems (colorize writes NAME.png for each). Every refused file is within the limits the tests use (``LIMITS``) in every way but the one it is about,
-so the reason in the refusal is the one the case names. The accepted files are the still images of every
+Every refused file is within the limits the tests use (``LIMITS``) in every way but the one it is about, so
+the reason in the refusal is the one the case names. The accepted files are the still images of every
 allowed format, including the PNG layouts a byte count can get wrong (interlaced, 1-, 2-, 4-, 16-bit).
+File names have distinct stems (colorize writes NAME.png for each).
 """
 
 from __future__ import annotations
@@ -126,7 +127,8 @@ ACCEPTED: dict[str, tuple[Callable[[], bytes], tuple[int, int]]] = {
     "sixteen-bit.png": (lambda: encoded(Image.fromarray(sketch_array().astype(np.uint16) * 257), "PNG"), (32, 40)),
     "rgba.png": (lambda: encoded(Image.fromarray(sketch_array()).convert("RGBA"), "PNG"), (32, 40)),
     "still-gif.gif": (lambda: encoded(Image.fromarray(sketch_array()), "GIF"), (32, 40)),
-    "still-webp.webp": (lambda: encoded(Image.fromarray(sketch_array()).convert("RGB"), "WEBP", lossless=True), (32, 40)),
+    "still-webp.webp": (lambda: encoded(Image.fromarray(sketch_array()).convert("RGB"), "WEBP", lossless=True),
+                        (32, 40)),
     "one-page.tif": (lambda: encoded(Image.fromarray(sketch_array()), "TIFF"), (32, 40)),
     "plain-bmp.bmp": (lambda: encoded(Image.fromarray(sketch_array()), "BMP"), (32, 40)),
     "plain-ppm.ppm": (lambda: encoded(Image.fromarray(sketch_array()).convert("RGB"), "PPM"), (32, 40)),
@@ -136,4 +138,5 @@ ACCEPTED: dict[str, tuple[Callable[[], bytes], tuple[int, int]]] = {
     "png-named.jpg": (lambda: encoded(Image.fromarray(sketch_array()), "PNG"), (32, 40)),
 }
 LOSSLESS = ("interlaced.png", "one-bit.png", "two-bit-palette.png", "four-bit-palette.png", "sixteen-bit.png",
-            "rgba.png", "still-gif.gif", "still-webp.webp", "one-page.tif", "plain-bmp.bmp", "plain-ppm.ppm", "png-named.jpg")
+            "rgba.png", "still-gif.gif", "still-webp.webp", "one-page.tif", "plain-bmp.bmp", "plain-ppm.ppm",
+            "png-named.jpg")
