@@ -1,0 +1,205 @@
+"""SIGINT and SIGTERM to the per-item stages that tests/test_interrupts.py does not start as processes.
+
+The real click command runs in this process (no interpreter and torch start-up per run, which keeps the
+suite short), and a real signal is sent to this process by a thread once the stage has finished a few
+items: the stage's own handlers turn it into the interrupt, exactly as in a separate process. Each stage
+must keep its finished outputs, record "interrupted", print the command that continues, exit 130 / 143,
+and the printed command, run next, must end with outputs equal to those of an uninterrupted run.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shlex
+import signal
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+from click.testing import CliRunner, Result
+from PIL import Image
+
+from advseg_cli.cli import main
+from tests.colorize.kit import save_public, tiny_generator
+
+EXIT_STATUS = {signal.SIGINT: 130, signal.SIGTERM: 143}
+SIGNALS = pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
+
+
+@pytest.fixture(autouse=True)
+def own_handlers() -> Iterator[None]:
+    """The command installs its handlers in this process: put pytest's back afterwards."""
+    before = {signum: signal.getsignal(signum) for signum in (signal.SIGINT, signal.SIGTERM)}
+    yield
+    for signum, handler in before.items():
+        signal.signal(signum, handler)
+
+
+@contextlib.contextmanager
+def signal_when(condition: Callable[[], bool], signum: int) -> Iterator[threading.Event]:
+    """Send ``signum`` to this process once ``condition()`` holds while the block runs; the event says it was."""
+    running, sent = threading.Event(), threading.Event()
+
+    def watch() -> None:
+        deadline = time.monotonic() + 120
+        while running.is_set() and time.monotonic() < deadline:
+            if condition():
+                if running.is_set():
+                    sent.set()
+                    os.kill(os.getpid(), signum)
+                return
+            time.sleep(0.01)
+
+    running.set()
+    watcher = threading.Thread(target=watch, daemon=True)
+    watcher.start()
+    try:
+        yield sent
+    finally:
+        running.clear()
+        watcher.join(10)
+
+
+def advseg(args: list[str], monkeypatch: pytest.MonkeyPatch) -> Result:
+    """``advseg ARGS`` through the real click group, with the command line the advice repeats."""
+    monkeypatch.setattr(sys, "argv", ["advseg", *args])
+    return CliRunner().invoke(main, args, catch_exceptions=False)
+
+
+def interrupted(args: list[str], condition: Callable[[], bool], signum: int,
+                monkeypatch: pytest.MonkeyPatch) -> Result:
+    with signal_when(condition, signum) as sent:
+        result = advseg(args, monkeypatch)
+    assert sent.is_set(), f"the stage ended before the signal: {result.stdout}{result.stderr}"
+    assert result.exit_code == EXIT_STATUS[signum], result.stderr
+    assert "Traceback" not in result.stderr
+    return result
+
+
+def advice(result: Result, args: list[str]) -> list[str]:
+    """The command after 'continue with:', which must be the command that was interrupted."""
+    line = result.stderr.rsplit("continue with: ", 1)[1].strip().splitlines()[0]
+    assert line == shlex.join(["advseg", *args]), line
+    return shlex.split(line)[1:]
+
+
+def valid_pngs(folder: Path) -> list[Path]:
+    found = []
+    for path in sorted(folder.glob("*.png")):
+        with Image.open(path) as image:
+            image.load()
+        found.append(path)
+    return found
+
+
+# ----------------------------------------------------------------------------- colorize
+SKETCHES = 48
+
+
+@pytest.fixture(scope="module")
+def colorize_inputs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """A tiny generator, SKETCHES different sketches, and their uninterrupted colorize output."""
+    root = tmp_path_factory.mktemp("colorize-interrupts")
+    model = save_public(tiny_generator("resnet_6blocks", "instance", seed=4), root / "latest_net_G.pth")
+    rng = np.random.default_rng(0)
+    (root / "sketches").mkdir()
+    for index in range(SKETCHES):
+        gray = np.full((64, 64), 255, np.uint8)
+        for _ in range(6):
+            top, left = rng.integers(0, 56, size=2)
+            gray[top, left:left + 8] = gray[top:top + 8, left] = 0
+        Image.fromarray(gray).save(root / "sketches" / f"s{index:02d}.png")
+    return {"root": root, "model": model, "sketches": root / "sketches"}
+
+
+def colorize_args(inputs: dict[str, Path], out: Path) -> list[str]:
+    return ["colorize", str(inputs["model"]), str(inputs["sketches"]), str(out), "--size", "256", "--batch-size",
+            "1", "--workers", "0", "--device", "cpu", "--quiet"]
+
+
+@SIGNALS
+def test_colorize_keeps_its_results_and_the_printed_command_completes_them_equal(
+        colorize_inputs: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch, signum: int) -> None:
+    out = tmp_path / "out"
+    args = colorize_args(colorize_inputs, out)
+    result = interrupted(args, lambda: len(list(out.glob("*.png"))) >= 3, signum, monkeypatch)
+    record = json.loads((out / "advseg-run.json").read_text())
+    kept = valid_pngs(out)
+    assert record["status"] == "interrupted" and 3 <= len(kept) < SKETCHES
+    assert record["extra"]["items_finished_before_the_interrupt"] <= len(kept)
+    assert [p.name for p in out.iterdir() if p.name.startswith(".")] == [], "a temporary file was left behind"
+
+    resumed = advseg(advice(result, args), monkeypatch)
+    assert resumed.exit_code == 0, resumed.stderr
+    assert f"{SKETCHES - len(kept)} written, {len(kept)} already done" in resumed.stdout
+    straight = colorize_inputs["root"] / "straight"
+    if not straight.exists():
+        assert advseg(colorize_args(colorize_inputs, straight), monkeypatch).exit_code == 0
+    assert [p.name for p in valid_pngs(out)] == [p.name for p in valid_pngs(straight)]
+    for reference in valid_pngs(straight):
+        assert (out / reference.name).read_bytes() == reference.read_bytes(), reference.name
+    assert json.loads((out / "advseg-run.json").read_text())["status"] == "complete"
+
+
+# ----------------------------------------------------------------------------- segcache
+PHOTOS = 24
+
+
+@pytest.fixture
+def slow_color_seg(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """The test-color Seg at 20 ms an image (so a signal lands mid-run); the list counts the images done."""
+    from tests.segcache.color_segmenter import ColorSegmenter
+
+    done: list[int] = []
+    labels = ColorSegmenter.hard_labels
+
+    def slow(self: ColorSegmenter, images: object) -> object:
+        time.sleep(0.02)
+        result = labels(self, images)
+        done.append(1)
+        return result
+    monkeypatch.setattr(ColorSegmenter, "hard_labels", slow)
+    return done
+
+
+def segcache_args(photos: Path, out: Path) -> list[str]:
+    return ["segcache", str(photos), str(out), "--backend", "test-color", "--device", "cpu", "--workers", "0",
+            "--batch-size", "1", "--quiet"]
+
+
+def cache_maps(path: Path) -> dict[str, np.ndarray]:
+    from advseg_cli.segcache import SegmentationCache
+
+    with SegmentationCache(path) as cache:
+        return {key: cache.labels(key) for key in cache.keys()}
+
+
+@SIGNALS
+def test_segcache_keeps_its_maps_and_the_printed_command_completes_them_equal(
+        slow_color_seg: list[int], tmp_path: Path, monkeypatch: pytest.MonkeyPatch, signum: int) -> None:
+    from tests.segcache.conftest import make_crops
+
+    photos = make_crops(tmp_path / "photos", PHOTOS)
+    out = tmp_path / "maps.h5"
+    args = segcache_args(photos, out)
+    result = interrupted(args, lambda: len(slow_color_seg) >= 4, signum, monkeypatch)
+    record = json.loads(Path(f"{out}.run.json").read_text())
+    kept = cache_maps(out)  # a valid cache, holding what was segmented before the signal
+    assert record["status"] == "interrupted" and 4 <= len(kept) < PHOTOS
+    assert record["extra"]["items_finished_before_the_interrupt"] == len(kept)
+
+    resumed = advseg(advice(result, args), monkeypatch)
+    assert resumed.exit_code == 0, resumed.stderr
+    assert f"{PHOTOS - len(kept)} segmented, {len(kept)} already cached" in resumed.stdout
+    straight = advseg(segcache_args(photos, tmp_path / "straight.h5"), monkeypatch)
+    assert straight.exit_code == 0, straight.stderr
+    continued, reference = cache_maps(out), cache_maps(tmp_path / "straight.h5")
+    assert sorted(continued) == sorted(reference) and len(reference) == PHOTOS
+    assert all(np.array_equal(continued[key], reference[key]) for key in reference)
+    assert json.loads(Path(f"{out}.run.json").read_text())["status"] == "complete"
