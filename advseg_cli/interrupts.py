@@ -15,10 +15,12 @@ The exit status says which signal stopped the run, as a shell reports a process 
 
 from __future__ import annotations
 
+import contextlib
 import shlex
 import signal
 import sys
 import threading
+from collections.abc import Iterator
 from types import FrameType, TracebackType
 from typing import Any
 
@@ -56,6 +58,33 @@ def treat_sigterm_as_ctrl_c() -> None:
     if threading.current_thread() is threading.main_thread():
         for signum in STOP_SIGNALS:
             signal.signal(signum, _raise_keyboard_interrupt)
+
+
+@contextlib.contextmanager
+def signals_deferred() -> Iterator[None]:
+    """Hold SIGINT / SIGTERM while the block runs, then act on the first one as its handler would have.
+
+    For a unit of work of milliseconds that must not stop half-way: an HDF5 entry cut in the middle makes
+    the whole uncommitted copy unusable, so everything written since the last commit would be lost.
+    Outside the main thread (no signal arrives there) it does nothing.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    arrived: list[int] = []
+    previous = {signum: signal.signal(signum, lambda number, frame: arrived.append(number))
+                for signum in STOP_SIGNALS}
+    try:
+        yield
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+        if arrived:
+            handler = previous[arrived[0]]
+            if callable(handler):
+                handler(arrived[0], None)
+            elif handler == signal.SIG_DFL:
+                signal.raise_signal(arrived[0])
 
 
 def same_command() -> str:

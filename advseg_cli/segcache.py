@@ -53,6 +53,7 @@ from advseg_cli.devices import check_precision, default_batch_size, resolve_devi
 from advseg_cli.errors import AdvsegError, AllInputsFailedError, ImageDecodeError, IncompatibleInputError
 from advseg_cli.files import TEMP_MARKER, _writer_is_gone, sha256_file, temporary_sibling
 from advseg_cli.images import decode_rgb, image_size, list_images, read_rgb, write_png
+from advseg_cli.interrupts import signals_deferred
 from advseg_cli.progress import progress
 from advseg_cli.runrecord import RunRecord, record_path_for
 from advseg_cli.segmentation.base import Segmenter, build_segmenter, same_weights, uint8_to_model_range
@@ -811,8 +812,9 @@ def _segment_jobs(jobs: list[_Job], config: SegcacheConfig, segmenter: Segmenter
         labels = segment_batch(segmenter, [rgb for _, rgb, _, _ in pending])
         for (index, rgb, (width, height), digest), label_map in zip(pending, labels):
             info = EntryInfo(jobs[index].key, width, height, digest, rgb.shape[1], rgb.shape[0])
-            writer.put(info, label_map)
-            record.counts["done"] += 1
+            with signals_deferred():  # a signal mid-write would lose every map since the last commit
+                writer.put(info, label_map)
+                record.counts["done"] += 1
         pending.clear()
         if writer.maybe_commit():
             record.write(record_file)

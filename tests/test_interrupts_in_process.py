@@ -13,7 +13,7 @@ from collections.abc import Iterator
 import pytest
 
 from advseg_cli.interrupts import (StageInterrupted, StopAtStepBoundary, interrupt_exit_status, same_command,
-                                   treat_sigterm_as_ctrl_c)
+                                   signals_deferred, treat_sigterm_as_ctrl_c)
 
 
 @pytest.fixture(autouse=True)
@@ -66,3 +66,20 @@ def test_the_advice_repeats_the_command_line_as_a_shell_reads_it(monkeypatch: py
     monkeypatch.setattr(sys, "argv", ["/somewhere/bin/advseg", "edges", "my photos", "out's", "--size", "64"])
     assert same_command() == "advseg edges 'my photos' 'out'\"'\"'s' --size 64"
     assert shlex.split(same_command())[1:] == sys.argv[1:]
+
+
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
+def test_a_deferred_signal_waits_for_the_block_then_acts_as_its_handler(signum: int) -> None:
+    treat_sigterm_as_ctrl_c()
+    finished = []
+    with pytest.raises(KeyboardInterrupt):
+        with signals_deferred():
+            send(signum)
+            send(signal.SIGINT)  # a second one while held: the first still decides
+            finished.append("the block")
+    assert finished == ["the block"]
+    assert interrupt_exit_status() == (130 if signum == signal.SIGINT else 143)
+    with signals_deferred():
+        pass  # nothing arrived: nothing happens after
+    with pytest.raises(KeyboardInterrupt):  # the command's own handlers are back
+        send(signum)

@@ -203,3 +203,27 @@ def test_segcache_keeps_its_maps_and_the_printed_command_completes_them_equal(
     assert sorted(continued) == sorted(reference) and len(reference) == PHOTOS
     assert all(np.array_equal(continued[key], reference[key]) for key in reference)
     assert json.loads(Path(f"{out}.run.json").read_text())["status"] == "complete"
+
+
+def test_a_signal_during_a_maps_hdf5_write_lets_it_finish_and_keeps_it(tmp_path: Path,
+                                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Cut inside an entry's write, the work copy could not be committed and every map of the run would be
+    lost; the signal waits until the entry is written and counted."""
+    import h5py
+
+    from tests.segcache.conftest import make_crops
+
+    create, calls = h5py.Group.create_dataset, []
+
+    def signal_inside(self: h5py.Group, name: str, *args: object, **options: object) -> h5py.Dataset:
+        calls.append(name)
+        if len(calls) == 4:
+            os.kill(os.getpid(), signal.SIGTERM)  # arrives in the middle of the 4th entry's write
+        return create(self, name, *args, **options)
+    monkeypatch.setattr(h5py.Group, "create_dataset", signal_inside)
+    photos, out = make_crops(tmp_path / "photos", 8), tmp_path / "maps.h5"
+    result = advseg(segcache_args(photos, out), monkeypatch)
+    assert result.exit_code == 143 and "Traceback" not in result.stderr, result.stderr
+    record = json.loads(Path(f"{out}.run.json").read_text())
+    assert record["status"] == "interrupted" and len(calls) == 4
+    assert len(cache_maps(out)) == 4 == record["extra"]["items_finished_before_the_interrupt"]
