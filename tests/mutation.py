@@ -56,7 +56,15 @@ TARGETS = (
            ("tests/segcache/test_build.py",
             "tests/segcache/test_cli.py::test_verify_reports_missing_stale_and_corrupt_and_exits_1"),
            ("xǁSegmentationCacheǁis_stale", "x__hash_photos", "x__existing_hashes", "x_verify_segcache")),
-    Target("images", "advseg_cli/images.py", ("tests/test_images.py",)),
+    Target("images", "advseg_cli/images.py", ("tests/test_images.py", "tests/test_untrusted_images.py")),
+    # signals to this process: the real commands under signals (tests/test_interrupts.py) take minutes a mutant
+    Target("interrupts", "advseg_cli/interrupts.py",
+           ("tests/test_interrupts_in_process.py",
+            "tests/test_interrupts_stages.py::test_a_signal_during_a_maps_hdf5_write_lets_it_finish_and_keeps_it")),
+    # what a stranger's upload meets in process; the page over HTTP (a server process mutmut cannot see
+    # into) is tests/serve/test_serve_http.py, run by hand on the mutants that survive
+    Target("serve", "advseg_cli/serve.py", ("tests/serve/test_serve_inputs.py",),
+           ("x_read_upload", "x_drawing_to_rgb", "xǁServeConfigǁvalidate", "x_private_gradio_folder")),
     Target("segmentation-maps", "advseg_cli/segmentation/maps.py",
            ("tests/models/test_seg_grad_straight.py", "tests/segcache/test_format.py",
             "tests/segmentation/test_segmentation_layout.py")),
