@@ -32,7 +32,7 @@ _received: list[int] = []  # the stop signals this process received since its co
 def interrupt_exit_status() -> int:
     """The exit status of a stage that a signal stopped: the first stop signal's (130 when none was seen,
     as for a KeyboardInterrupt that no signal raised, or a rank that another process's signal stopped)."""
-    return EXIT_STATUS.get(signal.Signals(_received[0]), 130) if _received else 130
+    return EXIT_STATUS[signal.Signals(_received[0])] if _received else 130  # only STOP_SIGNALS are noted
 
 
 class StageInterrupted(Exception):

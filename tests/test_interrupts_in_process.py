@@ -16,10 +16,18 @@ from advseg_cli.interrupts import (StageInterrupted, StopAtStepBoundary, interru
                                    signals_deferred, treat_sigterm_as_ctrl_c)
 
 
+class ReachedTheOuterHandler(AssertionError):
+    """A signal got past the handlers under test (without them, SIGTERM would end the test process)."""
+
+
+def outer_handler(signum: int, frame: object) -> None:
+    raise ReachedTheOuterHandler(signal.Signals(signum).name)
+
+
 @pytest.fixture(autouse=True)
 def own_handlers() -> Iterator[None]:
-    """Put pytest's SIGINT / SIGTERM handlers back after each test."""
-    before = {signum: signal.getsignal(signum) for signum in (signal.SIGINT, signal.SIGTERM)}
+    """During a test a signal nothing under test handles fails it; pytest's handlers come back after it."""
+    before = {signum: signal.signal(signum, outer_handler) for signum in (signal.SIGINT, signal.SIGTERM)}
     yield
     for signum, handler in before.items():
         signal.signal(signum, handler)
@@ -27,6 +35,14 @@ def own_handlers() -> Iterator[None]:
 
 def send(signum: int) -> None:
     os.kill(os.getpid(), signum)  # the handler runs in this (the main) thread before os.kill returns to us
+
+
+def send_without_interrupting(signum: int) -> None:
+    """Send a signal that must not interrupt: a KeyboardInterrupt would end pytest's session, not fail the test."""
+    try:
+        send(signum)
+    except KeyboardInterrupt:
+        pytest.fail(f"{signal.Signals(signum).name} interrupted at once")
 
 
 @pytest.mark.parametrize("signum,status", [(signal.SIGINT, 130), (signal.SIGTERM, 143)], ids=["SIGINT", "SIGTERM"])
@@ -51,7 +67,7 @@ def test_at_a_step_boundary_the_first_signal_asks_and_the_second_stops_at_once(
     outside = {number: signal.getsignal(number) for number in (signal.SIGINT, signal.SIGTERM)}
     with StopAtStepBoundary() as stop:
         assert stop.requested is None
-        send(signum)  # no exception: the step goes on
+        send_without_interrupting(signum)  # the step goes on
         assert stop.requested == signal.Signals(signum).name
         assert interrupt_exit_status() == (130 if signum == signal.SIGINT else 143)
         with pytest.raises(KeyboardInterrupt):
@@ -74,8 +90,8 @@ def test_a_deferred_signal_waits_for_the_block_then_acts_as_its_handler(signum: 
     finished = []
     with pytest.raises(KeyboardInterrupt):
         with signals_deferred():
-            send(signum)
-            send(signal.SIGINT)  # a second one while held: the first still decides
+            send_without_interrupting(signum)
+            send_without_interrupting(signal.SIGINT)  # a second one while held: the first still decides
             finished.append("the block")
     assert finished == ["the block"]
     assert interrupt_exit_status() == (130 if signum == signal.SIGINT else 143)
