@@ -92,3 +92,65 @@ def test_the_page_colours_as_colorize_does_at_any_size(tmp_path: Path, size: int
     assert result.shape == expected.shape == ((37, 45, 3) if size == 0 else (32, 32, 3))
     assert seen.shape == ((36, 44) if size == 0 else (32, 32))
     assert np.abs(result.astype(np.int16) - expected).max() <= 1
+
+
+def test_the_limits_and_the_port_are_checked_before_anything_starts() -> None:
+    from advseg_cli.errors import AdvsegError
+    from advseg_cli.serve import ServeConfig
+
+    assert ServeConfig().limits == PAGE and ServeConfig(max_side=7, max_pixels=9).limits == ImageLimits(7, 9)
+    assert ServeConfig(port=0, max_side=1, max_pixels=1).validate().port == 0
+    assert ServeConfig(port=65535).validate().port == 65535
+    for options, message in (({"port": -1}, "--port -1: use 0..65535"), ({"port": 65536}, "--port 65536: use 0..65535"),
+                             ({"max_side": 0}, "--max-side 0: must be >= 1"),
+                             ({"max_pixels": 0}, "--max-pixels 0: must be >= 1")):
+        with pytest.raises(AdvsegError) as refusal:
+            ServeConfig(**options).validate()
+        assert str(refusal.value) == message
+
+
+@pytest.mark.parametrize("earlier", [None, "/somewhere/else"])
+def test_gradio_and_matplotlib_write_only_into_a_private_folder_that_is_removed_after(
+        monkeypatch: pytest.MonkeyPatch, earlier: str | None) -> None:
+    import os
+
+    from advseg_cli.serve import private_gradio_folder
+
+    names = ("GRADIO_TEMP_DIR", "GRADIO_ANALYTICS_ENABLED", "MPLCONFIGDIR")
+    for name in names:
+        if earlier is None:
+            monkeypatch.delenv(name, raising=False)
+        else:
+            monkeypatch.setenv(name, earlier)
+    with private_gradio_folder() as folder:
+        assert folder.is_dir() and folder.name.startswith("advseg-serve-") and not any(folder.iterdir())
+        assert os.environ["GRADIO_TEMP_DIR"] == str(folder) and os.environ["GRADIO_ANALYTICS_ENABLED"] == "False"
+        assert Path(os.environ["MPLCONFIGDIR"]).parent == folder
+        (folder / "upload.png").write_bytes(b"x")
+    assert not folder.exists()
+    assert [os.environ.get(name) for name in names] == [earlier] * 3
+
+
+def test_the_canvas_becomes_rgb_strokes_composited_on_white_paper() -> None:
+    for empty in (None, {}, {"composite": None}, "not a canvas"):
+        with pytest.raises(UploadError) as refusal:
+            drawing_to_rgb(empty)  # type: ignore[arg-type]
+        assert str(refusal.value) == "the canvas is empty: draw a sketch first"
+    gray = np.array([[0, 128], [255, 7]], np.uint8)
+    rgb = drawing_to_rgb({"composite": gray})
+    assert rgb.dtype == np.uint8 and rgb.shape == (2, 2, 3) and rgb.flags["C_CONTIGUOUS"]
+    assert np.array_equal(rgb, np.repeat(gray[:, :, None], 3, axis=2))
+    rgba = np.array([[[0, 0, 0, 255], [10, 20, 30, 0]], [[100, 0, 200, 128], [60, 60, 60, 64]]], np.uint8)
+    alpha = rgba[:, :, 3:4] / 255.0
+    expected = np.round(rgba[:, :, :3] * alpha + 255.0 * (1.0 - alpha)).astype(np.uint8)  # "over" on white
+    composited = drawing_to_rgb({"composite": rgba})
+    assert composited.dtype == np.uint8 and composited.shape == (2, 2, 3)
+    assert np.array_equal(composited, expected) and composited[1].tolist() == [[177, 127, 227], [206, 206, 206]]
+    assert np.array_equal(drawing_to_rgb({"composite": rgba[:, :, :3]}), rgba[:, :, :3])
+
+
+def test_no_file_gets_a_message(tmp_path: Path) -> None:
+    for nothing in (None, ""):
+        with pytest.raises(UploadError) as refusal:
+            read_upload(nothing, PAGE)
+        assert str(refusal.value) == "no file: choose an image to upload first"
