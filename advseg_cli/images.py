@@ -160,7 +160,9 @@ def _check_png_data(data: bytes) -> None:
                     raise _Refused(f"the PNG holds more pixel data than its declared {width}x{height} pixels")
     except zlib.error:
         raise _Refused("damaged file: the PNG's compressed pixel data is corrupt") from None
-    if not inflater.eof or found != expected:
+    if not inflater.eof:
+        raise _Refused("truncated file: the PNG's compressed pixel data stops before its end")
+    if found != expected:
         raise _Refused(f"the PNG holds less pixel data than its declared {width}x{height} pixels "
                        f"({found} of {expected} bytes): truncated or forged")
 

@@ -66,3 +66,33 @@ def test_without_limits_the_trusted_stages_read_as_before(tmp_path: Path) -> Non
     assert np.array_equal(read_rgb(animated)[:, :, 0], sketch_array())
     with pytest.raises(ImageDecodeError, match="several frames"):
         read_rgb(animated, LIMITS)
+
+
+def test_a_large_png_is_inflated_in_steps_and_counted_whole() -> None:
+    """1.1 MB of rows: more than one inflation step of the count (a step's output is bounded)."""
+    from PIL import Image
+
+    from tests.untrusted_images import encoded
+
+    gray = np.full((1000, 1100), 255, np.uint8)
+    gray[::7, ::3] = 0
+    data = encoded(Image.fromarray(gray), "PNG")
+    rgb = decode_rgb(data, "large", ImageLimits(max_side=2000, max_pixels=2_000_000))
+    assert np.array_equal(rgb[:, :, 0], gray)
+
+
+@pytest.mark.parametrize("side", [10000, 20000], ids=["over-pillows-warning", "over-pillows-error"])
+def test_a_decompression_bomb_is_refused_from_its_header_even_within_the_limits(
+        tmp_path: Path, side: int, monkeypatch: pytest.MonkeyPatch) -> None:
+    """100 M and 400 M pixels of 1-bit PNG in a few MB; colorize's own limits let them pass, Pillow's guard not."""
+    from tests.serve.kit import huge_png
+
+    huge_png(tmp_path / "bomb.png", side, side)
+
+    def no_decoding(self: ImageFile.ImageFile) -> None:
+        raise AssertionError("the pixels were decoded")
+    monkeypatch.setattr(ImageFile.ImageFile, "load", no_decoding)
+    with pytest.raises(ImageDecodeError) as refusal:
+        read_rgb(tmp_path / "bomb.png", ImageLimits())
+    assert refusal.value.reason.startswith("image too large to decode safely (") and "resize it first" in \
+        refusal.value.reason
