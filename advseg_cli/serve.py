@@ -12,8 +12,8 @@ forward pass and rounding), so the page and the command give the same pixels.
 Uploads are untrusted: they are read by our own decoder after the header is checked (an image over
 the side or pixel limit, an animation, a format other than the usual still ones, a PNG whose data is
 not its declared size is refused before its pixels are decoded); anything wrong becomes a message in
-the page and the server goes on serving. Gradio keeps uploads and results in a private temporary folder that is
-deleted when the server stops; nothing is written elsewhere.
+the page and the server goes on serving. Gradio keeps uploads and results in a private temporary
+folder that is deleted when the server stops; nothing is written elsewhere.
 """
 
 from __future__ import annotations
