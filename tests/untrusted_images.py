@@ -159,8 +159,8 @@ REFUSED: dict[str, tuple[Callable[[], bytes], str]] = {
                       "damaged file: the PNG does not start with its IHDR header"),
     "bad-crc.png": (with_bad_idat_crc, "damaged file: the PNG's IDAT chunk fails its checksum"),
     "cut-in-crc.png": (lambda: png_of(*sketch_png_chunks()[:2])[:-2], "truncated file: the PNG ends inside its IDAT"),
-    "huge-chunk.png": (lambda: png_of(*sketch_png_chunks()[:2]) + (2 ** 31 + 16).to_bytes(4, "big") + b"tEXt" + b"\0" * 32,
-                       "truncated file: the PNG ends inside its tEXt chunk"),
+    "huge-chunk.png": (lambda: png_of(*sketch_png_chunks()[:2]) + (2 ** 31 + 16).to_bytes(4, "big") + b"tEXt"
+                       + b"\0" * 32, "truncated file: the PNG ends inside its tEXt chunk"),
     "unfinished-stream.png": (unfinished_stream, "truncated file: the PNG's compressed pixel data stops before"),
     "corrupt-stream.png": (lambda: png_of(sketch_ihdr(), (b"IDAT", b"\x78\x9c" + bytes(range(7, 250))),
                                           (b"IEND", b"")), "damaged file: the PNG's compressed pixel data is corrupt"),
