@@ -96,3 +96,20 @@ def test_a_decompression_bomb_is_refused_from_its_header_even_within_the_limits(
         read_rgb(tmp_path / "bomb.png", ImageLimits())
     assert refusal.value.reason.startswith("image too large to decode safely (") and "resize it first" in \
         refusal.value.reason
+
+
+def test_a_harmless_warning_while_reading_the_header_refuses_nothing(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Only Pillow's decompression-bomb warning is an error in the header check (it warns about odd metadata)."""
+    import warnings
+
+    from PIL import PngImagePlugin
+
+    make, shape = ACCEPTED["rgba.png"]
+    original = PngImagePlugin.PngImageFile._open
+
+    def warning_open(self: PngImagePlugin.PngImageFile) -> None:
+        warnings.warn("harmless metadata oddity", UserWarning, stacklevel=1)
+        original(self)
+    monkeypatch.setattr(PngImagePlugin.PngImageFile, "_open", warning_open)
+    with warnings.catch_warnings(record=True):
+        assert decode_rgb(make(), "rgba.png", LIMITS).shape[:2] == shape
