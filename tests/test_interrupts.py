@@ -22,6 +22,7 @@ import pytest
 import torch
 from PIL import Image
 
+from tests.helpers import REPO
 from tests.training.test_training import make_dataset
 
 ADVSEG = str(Path(sys.executable).with_name("advseg"))
@@ -182,3 +183,51 @@ def test_edges_keeps_finished_sketches_and_the_printed_command_completes_them(tm
     assert straight.returncode == 0, straight.stderr
     for reference in sorted((tmp_path / "reference").glob("*.png")):
         assert (tmp_path / "sketches" / reference.name).read_bytes() == reference.read_bytes(), reference.name
+
+
+DDP_ARGS = ["--model", "pix2pix", "--ngf", "4", "--ndf", "4", "--load-size", "36", "--crop-size", "32",
+            "--max-steps", "12", "--log-every", "1", "--workers", "0", "--device", "cpu", "--quiet"]
+
+
+def torchrun(*args: str) -> list[str]:
+    """``torchrun ARGS`` with this interpreter."""
+    return [sys.executable, "-m", "torch.distributed.run", *args]
+
+
+def two_process_training(data: Path, name: str) -> list[str]:
+    return torchrun("--standalone", "--nproc_per_node", "2", "-m", "advseg_cli.cli", "train", str(data), "--name",
+                    name, "--runs-dir", "runs", *DDP_ARGS)
+
+
+def test_sigterm_to_a_torchrun_job_stops_every_rank_after_one_step_and_its_command_ends_bit_equal(
+        train_data: Path, tmp_path: Path) -> None:
+    """A scheduler signals the launcher; torchrun passes SIGTERM on to its processes, which agree on the step,
+    and the printed command is a torchrun command of as many processes (one would take other batches)."""
+    env = {**os.environ, "ADVSEG_OFFLINE": "1", "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
+    process = subprocess.Popen(two_process_training(train_data, "cut"), cwd=tmp_path, stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, text=True, env=env)
+    wait_until(lambda: metric_rows(tmp_path / "runs" / "cut") >= 3, process, 180)
+    process.send_signal(signal.SIGTERM)
+    _, stderr = process.communicate(timeout=180)
+    assert str(REPO / "advseg_cli") not in stderr, stderr[-3000:]  # no traceback through our code (torchrun has one)
+    record = json.loads((tmp_path / "runs" / "cut" / "advseg-run.json").read_text())
+    steps = record["counts"]["steps"]
+    assert record["status"] == "interrupted" and 3 <= steps < 12
+    assert stderr.count(f"interrupted (SIGTERM) at step {steps} of 12") == 2, stderr[-3000:]  # both ranks
+    advice = "torchrun --standalone --nproc_per_node 2 -m advseg_cli.cli train --name cut --runs-dir runs --resume"
+    assert record["extra"]["continue_with"] == advice and f"continue with: {advice}" in stderr
+    saved = torch.load(tmp_path / "runs" / "cut" / "checkpoints" / "latest.pt", weights_only=True)
+    assert saved["position"]["step"] == steps and metric_rows(tmp_path / "runs" / "cut") == steps
+
+    resumed = subprocess.run(torchrun(*shlex.split(advice)[1:]), cwd=tmp_path, capture_output=True, text=True,
+                             env=env, timeout=300)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    straight = subprocess.run(two_process_training(train_data, "straight"), cwd=tmp_path, capture_output=True,
+                              text=True, env=env, timeout=300)
+    assert straight.returncode == 0, straight.stderr[-3000:]
+    a = torch.load(tmp_path / "runs" / "cut" / "checkpoints" / "latest.pt", weights_only=True)
+    b = torch.load(tmp_path / "runs" / "straight" / "checkpoints" / "latest.pt", weights_only=True)
+    assert a["position"] == b["position"] and a["position"]["step"] == 12
+    differing = [name for name in b["model"] if not torch.equal(a["model"][name], b["model"][name])]
+    assert not differing, f"the continued torchrun job differs from an uninterrupted one: {differing[:5]}"
+    assert process.returncode != 0  # torchrun reports its stopped job as failed (its own status, not ours)

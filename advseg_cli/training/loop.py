@@ -697,7 +697,8 @@ class Trainer:
 
     def _interrupted_message(self, cause: str) -> str:
         return (f"interrupted ({cause}) at step {self.position.step} of {self.planned_steps}; its checkpoint is "
-                f"{self.config.run_dir / 'checkpoints' / 'latest.pt'}; continue with: {resume_command(self.config)}")
+                f"{self.config.run_dir / 'checkpoints' / 'latest.pt'}; continue with: "
+                f"{resume_command(self.config, self.ddp.world)}")
 
     def _end_epoch(self, epoch: int) -> None:
         for scheduler in [self.sched_G, self.sched_D, *self.late_schedulers.values()]:
@@ -798,9 +799,18 @@ class TrainingInterrupted(StageInterrupted):
     """Training stopped on a signal after saving the checkpoint of the step it had finished."""
 
 
-def resume_command(config: TrainConfig) -> str:
-    """The command that continues this run: its config.json supplies every other option."""
-    return shlex.join(["advseg", "train", "--name", config.name, "--runs-dir", str(config.runs_dir), "--resume"])
+def resume_command(config: TrainConfig, world: int = 1) -> str:
+    """The command that continues this run: its config.json supplies every other option.
+
+    A run of N processes continues with N, under torchrun as it was started: each process's share of an
+    epoch depends on N, so one process would not continue the same run.
+    """
+    words = ["train", "--name", config.name, "--runs-dir", str(config.runs_dir), "--resume"]
+    if world == 1:
+        return shlex.join(["advseg", *words])
+    per_node = int(os.environ.get("LOCAL_WORLD_SIZE", world))
+    nodes = ["--standalone"] if per_node == world else ["--nnodes", str(world // per_node)]  # + rendezvous
+    return shlex.join(["torchrun", *nodes, "--nproc_per_node", str(per_node), "-m", "advseg_cli.cli", *words])
 
 
 def _record_start(record: RunRecord, config: TrainConfig, trainer: Trainer) -> None:
@@ -820,7 +830,7 @@ def _record_interruption(record: RunRecord, config: TrainConfig, trainer: Traine
         return
     record.counts = {"steps": trainer.position.step, "planned_steps": trainer.planned_steps,
                      "epoch": trainer.position.epoch}
-    record.extra["continue_with"] = resume_command(config)
+    record.extra["continue_with"] = resume_command(config, trainer.ddp.world)
     record.finish("interrupted")
     record.write(config.run_dir / FOLDER_RECORD_NAME)
 
@@ -847,7 +857,7 @@ def train(config: TrainConfig) -> TrainSummary:
     except KeyboardInterrupt:  # a second signal, or one before the first step: no checkpoint of this moment
         _record_interruption(record, config, trainer)
         latest = config.run_dir / "checkpoints" / "latest.pt"
-        advice = resume_command(config) if latest.exists() else same_command()
+        advice = resume_command(config, trainer.ddp.world if trainer else 1) if latest.exists() else same_command()
         raise TrainingInterrupted(f"interrupted before the end of a step; continue with: {advice}") from None
     if trainer.ddp.is_main:
         planned = trainer.planned_steps
