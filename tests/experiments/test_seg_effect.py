@@ -146,7 +146,7 @@ def test_differences_are_paired_by_seed_against_none_at_the_last_step(quick_run:
     """Every non-baseline mode and metric has its paired difference, recomputed here from the rows."""
     _, results, printed = quick_run
     rows = results["rows"]
-    expected = {(m, mode, metric) for m in QUICK.models for mode in MODES if mode != "none"
+    expected = {(m, mode, metric) for m in QUICK.models for mode in QUICK.modes if mode != "none"
                 for metric in ("miou", "mae", "frechet")}
     assert {(d["model"], d["mode"], d["metric"]) for d in results["differences"]} == expected
     for d in results["differences"]:
@@ -181,13 +181,13 @@ def test_the_grid_shows_the_same_sketches_for_every_mode(quick_run: tuple[Path, 
         with Image.open(out / "plots" / f"grid_{model}.png") as image:
             grid = np.asarray(image.convert("RGB"))
         rows = min(QUICK.world_test, 8)
-        assert grid.shape == (rows * side, (3 + len(MODES)) * side, 3)
+        assert grid.shape == (rows * side, (3 + len(QUICK.modes)) * side, 3)
         last = QUICK.eval_steps_for(model)[-1]
         first = out / "colorized" / f"{model}-soft-s{QUICK.seeds[0]}" / f"step_{last:07d}"
         name = sorted(p.name for p in first.glob("*.png"))[0]
         with Image.open(first / name) as result:
             expected = np.asarray(result.convert("RGB").resize((side, side), Image.NEAREST))
-        column = 3 + list(MODES).index("soft")
+        column = 3 + list(QUICK.modes).index("soft")
         assert np.array_equal(grid[:side, column * side:(column + 1) * side], expected)
 
 
