@@ -25,13 +25,11 @@ MACHINE = {"gpus": [], "driver_version": None, "torch": "x", "torch_cuda": None,
            "cpus": 1}
 
 
-def gpu_check_command(*options: str, cuda_visible: str | None = None) -> subprocess.CompletedProcess:
-    """``python bench/gpu_check.py OPTIONS`` as make runs it, from another folder (paths must not depend on it)."""
-    env = {**os.environ, "PYTHONPATH": str(REPO)}
-    if cuda_visible is not None:
-        env["CUDA_VISIBLE_DEVICES"] = cuda_visible
-    return subprocess.run([sys.executable, str(REPO / "bench" / "gpu_check.py"), *options], cwd=REPO.parent,
-                          env=env, capture_output=True, text=True, timeout=120)
+def make_gpu_check(out: Path, options: str = "") -> subprocess.CompletedProcess:
+    """``make gpu-check`` as a user types it (with this interpreter, nothing installed), CUDA hidden."""
+    env = {**os.environ, "PYTHONPATH": str(REPO), "CUDA_VISIBLE_DEVICES": ""}
+    return subprocess.run(["make", "-s", "gpu-check", "NEED_INSTALL=", f"PY={sys.executable}", f"GPU_CHECK_OUT={out}",
+                           f"GPU_CHECK_ARGS={options}"], cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
 
 
 def python_part(name: str, code: str, timeout: float = 30, kind: str = "bench") -> Part:
@@ -47,7 +45,7 @@ def report(out: Path) -> dict:
 
 # ----------------------------------------------------------------------------- the command
 def test_without_a_gpu_it_prints_one_line_exits_0_and_writes_nothing(tmp_path: Path) -> None:
-    result = gpu_check_command("--out", str(tmp_path / "out"), cuda_visible="")
+    result = make_gpu_check(tmp_path / "out")
     assert result.returncode == 0, result.stderr
     lines = (result.stdout + result.stderr).splitlines()
     assert len(lines) == 1 and lines[0].startswith("gpu-check: skipped: no CUDA device"), lines
@@ -56,7 +54,7 @@ def test_without_a_gpu_it_prints_one_line_exits_0_and_writes_nothing(tmp_path: P
 
 def test_dry_run_reports_every_planned_part_with_the_real_commands_and_their_numbers(tmp_path: Path) -> None:
     out = tmp_path / "out"
-    result = gpu_check_command("--dry-run", "--out", str(out), cuda_visible="")
+    result = make_gpu_check(out, "--dry-run")
     assert result.returncode == 0, result.stdout + result.stderr
     data = report(out)
     assert data["dry_run"] is True and data["schema_version"] == 1
