@@ -260,3 +260,43 @@ def test_cuda_only_tests_use_the_gpu_marker_not_a_skipif_of_their_own() -> None:
     assert offenders == [], f"mark these with @pytest.mark.gpu instead: {offenders}"
     tests = gpu_check.plan(sys.executable, 1, True)[0].command
     assert tests[tests.index("gpu") - 1] == "-m"  # and the check selects them by that marker
+
+
+# ----------------------------------------------------------------------------- the options the check added to benches
+def test_colorize_paths_take_a_subset_of_torch_and_onnx_in_a_fixed_order() -> None:
+    from bench.bench_colorize import build_parser, paths_option
+
+    assert paths_option("onnx,torch") == ("torch", "onnx") and paths_option("onnx") == ("onnx",)
+    assert build_parser().parse_args([]).paths == ("torch", "onnx") and build_parser().parse_args([]).device == "cpu"
+    for bad in ("", "cuda", "torch,torch"):
+        with pytest.raises(Exception, match="subset of torch,onnx"):
+            paths_option(bad)
+
+
+def test_colorize_bench_with_one_path_prints_its_row_alone(tmp_path: Path) -> None:
+    """The GPU check's colorize-torch part: PyTorch alone, one row, no ratio (CPU here, tiny network)."""
+    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
+    result = subprocess.run([sys.executable, "bench/bench_colorize.py", "--paths", "torch", "--count", "2", "--size",
+                             "32", "--ngf", "4", "--repeat", "1", "--threads", "1", "--device", "cpu"],
+                            cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr[-2000:]
+    (table,) = markdown_tables(result.stdout)
+    assert table["columns"] == ["path", "images/s", "ratio"]
+    assert [row[0] for row in table["rows"]] == ["`advseg colorize RUN` (PyTorch)"] and table["rows"][0][2] == "-"
+    assert table["rows"][0][1] > 0 and "no ratio" in result.stdout
+
+
+def test_ddp_bench_times_steps_without_the_warm_up_row_and_launches_torchrun_for_several(tmp_path: Path) -> None:
+    from bench.bench_ddp import build_parser, seconds_per_step, train_command
+
+    metrics = tmp_path / "metrics.csv"
+    metrics.write_text("step,loss/G,time/seconds_per_step\n10,1.0,9.0\n20,1.0,0.5\n30,1.0,0.3\n")
+    assert seconds_per_step(metrics) == pytest.approx(0.4)  # the first row (warm-up) is left out
+    metrics.write_text("step,loss/G,time/seconds_per_step\n10,1.0,9.0\n")
+    with pytest.raises(SystemExit, match="--log-every"):
+        seconds_per_step(metrics)
+    args = build_parser().parse_args(["--steps", "6", "--log-every", "2"])
+    one, two = train_command(1, tmp_path, tmp_path / "runs", "a", args), train_command(2, tmp_path, tmp_path, "b", args)
+    assert one[1:4] == ["-m", "advseg_cli.cli", "train"] and "torch.distributed.run" not in one
+    assert two[1:3] == ["-m", "torch.distributed.run"] and two[two.index("--nproc_per_node") + 1] == "2"
+    assert one[one.index("--max-steps") + 1] == "6" and two[two.index("--device") + 1] == "cuda"
