@@ -98,8 +98,9 @@ def plan(python: str, gpus: int, onnx_cuda: bool) -> list[Part]:
 
     one_row = ("--repeat", "1")
     return [
+        # a test module that cannot be imported on that machine must not hide the CUDA-only tests of the others
         Part("cuda-tests", (python, "-m", "pytest", "-q", "-rs", "-m", "gpu", "-p", "no:cacheprovider",
-                            "tests"), 150, kind="pytest"),
+                            "--continue-on-collection-errors", "tests"), 150, kind="pytest"),
         Part("train-b1", bench("bench_train.py", "--device", "cuda", "--only", TRAIN_VARIANT, "--batch-size", "1",
                                "--steps", "8", "--warmup", "2"), 90, bench="bench_train", headline="img/s"),
         Part("edges", bench("bench_edges.py", "--device", "cuda", "--count", "16", *one_row), 60,
@@ -121,6 +122,39 @@ def plan(python: str, gpus: int, onnx_cuda: bool) -> list[Part]:
              bench="bench_ddp", headline="scaling",
              skip=None if gpus >= 2 else f"{gpus} visible GPU: the 2-process torchrun needs 2"),
     ]
+
+
+# --cpu: the same benches at their smallest sizes (appended options win: argparse keeps the last one)
+_TINY_TRAIN = ("--size", "32", "--ngf", "8", "--ndf", "8", "--steps", "2", "--warmup", "1", "--workers", "0",
+               "--threads", "1")
+_TINY_COLORIZE = ("--count", "2", "--size", "32", "--ngf", "4", "--threads", "1")
+CPU_SMALLEST: dict[str, tuple[str, ...]] = {
+    "train-b1": _TINY_TRAIN,
+    "edges": ("--count", "2", "--size", "64", "--workers", "0"),
+    "segcache": ("--count", "2", "--square", "64", "--batch-size", "2", "--workers", "0", "--threads", "1"),
+    "fid": ("--images", "2", "--size", "64", "--batch-size", "2", "--workers", "0"),
+    "colorize-torch": _TINY_COLORIZE,
+    "colorize-onnx": _TINY_COLORIZE,
+    "train-bf16-max": (*_TINY_TRAIN, "--batch-size", "2"),  # no memory to search on a CPU: batch 2
+    "torchrun-2gpu": ("--size", "32", "--ngf", "4", "--ndf", "4", "--steps", "4", "--log-every", "2",
+                      "--workers", "0"),
+}
+
+
+def on_the_cpu(parts: Sequence[Part]) -> list[Part]:
+    """The GPU plan realised on the CPU at the smallest sizes (``--cpu``): every bench script runs end to
+    end before a GPU is lent, so a bench broken by a change is found here and not in a lease. The
+    CUDA-only tests cannot run on a CPU and are skipped; the 2-process torchrun uses gloo."""
+    realised = []
+    for part in parts:
+        if part.kind == "pytest":
+            realised.append(dataclasses.replace(part, skip="the CUDA-only tests need CUDA (--cpu)"))
+            continue
+        command = tuple("cpu" if index > 0 and part.command[index - 1] == "--device" else word
+                        for index, word in enumerate(part.command))
+        # no skips: ONNX Runtime's CPU provider is always there, and gloo runs 2 processes on one CPU
+        realised.append(dataclasses.replace(part, command=(*command, *CPU_SMALLEST[part.name]), skip=None))
+    return realised
 
 
 def check_arguments(part: Part) -> str | None:
@@ -298,7 +332,11 @@ def run_part(part: Part, command: Sequence[str], timeout: float, log: Path) -> O
                    log_tail=text[-LOG_TAIL_CHARS:] if status == "failed" else None)
 
 
-def run_check(parts: Sequence[Part], out: Path, budget: float, machine: dict[str, Any], dry_run: bool = False,
+MODES = {"gpu": "", "dry-run": " (DRY RUN on the CPU: stand-in parts, no GPU numbers)",
+         "cpu": " (CPU SMOKE RUN: the real benches at their smallest sizes on the CPU, no GPU numbers)"}
+
+
+def run_check(parts: Sequence[Part], out: Path, budget: float, machine: dict[str, Any], mode: str = "gpu",
               python: str = sys.executable, clock: Callable[[], float] = time.monotonic) -> int:
     """Run the parts in order inside ``budget`` seconds, rewriting the report after each; the exit
     status is 1 when any part failed, else 0. A part gets min(its timeout, what is left of the budget),
@@ -315,15 +353,16 @@ def run_check(parts: Sequence[Part], out: Path, budget: float, machine: dict[str
             outcomes.append(Outcome(part.name, list(part.command), "skipped" if skip else "failed", 0.0,
                                     part.timeout, {}, skip or refused))
         else:
+            dry_run = mode == "dry-run"
             command = stand_in(part, python) if dry_run else part.command
             outcome = run_part(part, command, min(part.timeout, left), out / "logs" / f"{part.name}.log")
             outcome.log = f"logs/{part.name}.log"
             outcome.ran = list(command) if dry_run else None
             outcomes.append(outcome)
-        write_report(out, machine, outcomes, started, budget, dry_run)
+        write_report(out, machine, outcomes, started, budget, mode)
         print(f"gpu-check: {part.name}: {outcomes[-1].status} ({outcomes[-1].seconds:.0f} s)"
               + (f": {outcomes[-1].reason}" if outcomes[-1].reason else ""), flush=True)
-    write_report(out, machine, outcomes, started, budget, dry_run)
+    write_report(out, machine, outcomes, started, budget, mode)
     return 1 if any(o.status == "failed" for o in outcomes) else 0
 
 
@@ -339,7 +378,7 @@ def nvidia_smi() -> list[dict[str, str]]:
     return [{"name": n, "driver_version": d, "memory_total": m} for n, d, m in rows] if done.returncode == 0 else []
 
 
-def describe(dry_run: bool) -> dict[str, Any]:
+def describe(mode: str) -> dict[str, Any]:
     """The machine of the report: torch's view of the GPUs and its CUDA build, nvidia-smi's driver."""
     import torch
 
@@ -354,12 +393,12 @@ def describe(dry_run: bool) -> dict[str, Any]:
         onnx = {"version": onnxruntime.__version__, "providers": onnxruntime.get_available_providers()}
     except ImportError:
         onnx = None
-    return {"dry_run": dry_run, "gpus": gpus, "gpu_count": len(gpus),
+    return {"gpus": gpus, "gpu_count": len(gpus),
             "driver_version": smi[0]["driver_version"] if smi else None, "nvidia_smi": smi,
             "torch": torch.__version__, "torch_cuda": torch.version.cuda,
             "cudnn": torch.backends.cudnn.version() if cuda else None,
             "onnxruntime": onnx, "python": platform.python_version(), "cpu": _cpu_model(), "cpus": os.cpu_count(),
-            "planned_as": "2 GPUs with ONNX Runtime's CUDA provider (dry run)" if dry_run else None}
+            "planned_as": "2 GPUs with ONNX Runtime's CUDA provider (dry run)" if mode == "dry-run" else None}
 
 
 def _cpu_model() -> str:
@@ -382,9 +421,9 @@ def machine_line(machine: dict[str, Any]) -> str:
             f"{machine['cpus']} CPUs")
 
 
-def markdown(machine: dict[str, Any], outcomes: Sequence[Outcome], started: datetime, dry_run: bool) -> str:
+def markdown(machine: dict[str, Any], outcomes: Sequence[Outcome], started: datetime, mode: str) -> str:
     """gpu-check.md: the summary table, then each part's own tables as it printed them."""
-    lines = ["# GPU check" + (" (DRY RUN on the CPU: stand-in parts, no GPU numbers)" if dry_run else ""), "",
+    lines = ["# GPU check" + MODES[mode], "",
              f"{started:%Y-%m-%d %H:%M} UTC. Machine: {machine_line(machine)}.", "",
              "| part | status | seconds | timeout s | numbers | note |", "|---|---|---:|---:|---|---|"]
     for o in outcomes:
@@ -402,16 +441,16 @@ def markdown(machine: dict[str, Any], outcomes: Sequence[Outcome], started: date
 
 
 def write_report(out: Path, machine: dict[str, Any], outcomes: Sequence[Outcome], started: datetime,
-                 budget: float, dry_run: bool) -> None:
+                 budget: float, mode: str) -> None:
     """gpu-check.json and gpu-check.md, written atomically (read while the check still runs, they are whole)."""
     summary = {status: sum(o.status == status for o in outcomes) for status in ("passed", "failed", "skipped")}
-    report = {"schema_version": SCHEMA_VERSION, "tool": "bench/gpu_check.py", "dry_run": dry_run,
+    report = {"schema_version": SCHEMA_VERSION, "tool": "bench/gpu_check.py", "mode": mode,
               "started": started.isoformat(timespec="seconds"),
               "written": datetime.now(timezone.utc).isoformat(timespec="seconds"), "budget_s": budget,
               "command": shlex.join(sys.argv), "machine": machine, "summary": summary,
               "parts": [dataclasses.asdict(o) for o in outcomes]}
     _atomic_write(out / "gpu-check.json", json.dumps(report, indent=2) + "\n")
-    _atomic_write(out / "gpu-check.md", markdown(machine, outcomes, started, dry_run))
+    _atomic_write(out / "gpu-check.md", markdown(machine, outcomes, started, mode))
 
 
 # ----------------------------------------------------------------------------- the command
@@ -427,9 +466,13 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--budget", type=float, default=DEFAULT_BUDGET_S,
                         help=f"seconds for all parts together (default {DEFAULT_BUDGET_S:.0f})")
     parser.add_argument("--only", default="", help="comma-separated parts to run (default all)")
-    parser.add_argument("--dry-run", action="store_true",
-                        help="on the CPU: check every bench command's options and run stand-ins through the "
-                             "same orchestration and report")
+    how = parser.add_mutually_exclusive_group()
+    how.add_argument("--dry-run", action="store_true",
+                     help="on the CPU, in seconds: the plan as for 2 GPUs, every bench command checked against "
+                          "its options, stand-ins run through the same orchestration and report")
+    how.add_argument("--cpu", action="store_true",
+                     help="on the CPU, in minutes: the real benches at their smallest sizes (the CUDA-only tests "
+                          "are skipped), to find a broken bench before a GPU is lent")
     parser.add_argument("--python", default=sys.executable, help="the interpreter of the parts (default this one)")
     return parser
 
@@ -463,18 +506,19 @@ def main(argv: Sequence[str] | None = None) -> int:
         import torch
 
         gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
-        parts = select(plan(args.python, 2 if args.dry_run else gpus, args.dry_run or onnx_has_cuda()), args.only)
+        mode = "dry-run" if args.dry_run else "cpu" if args.cpu else "gpu"
+        planned = plan(args.python, gpus if mode == "gpu" else 2, mode != "gpu" or onnx_has_cuda())
+        parts = select(on_the_cpu(planned) if mode == "cpu" else planned, args.only)
     except OptionError as error:
         print(f"gpu-check: error: {error}", file=sys.stderr)
         return 2
-    if not gpus and not args.dry_run:
+    if not gpus and mode == "gpu":
         print(f"gpu-check: skipped: no CUDA device here (torch {torch.__version__}, CUDA build "
               f"{torch.version.cuda or 'none'}); nothing was run")
         return 0
-    machine = describe(args.dry_run)
-    print(f"gpu-check: {len(parts)} parts, budget {args.budget:.0f} s, report in {args.out}/"
-          + (" (dry run: stand-ins on the CPU)" if args.dry_run else ""), flush=True)
-    status = run_check(parts, args.out, args.budget, machine, dry_run=args.dry_run, python=args.python)
+    machine = describe(mode)
+    print(f"gpu-check: {len(parts)} parts, budget {args.budget:.0f} s, report in {args.out}/{MODES[mode]}", flush=True)
+    status = run_check(parts, args.out, args.budget, machine, mode=mode, python=args.python)
     print(f"gpu-check: {'FAILED' if status else 'passed'}; {args.out / 'gpu-check.md'}")
     return status
 

@@ -57,7 +57,7 @@ def test_dry_run_reports_every_planned_part_with_the_real_commands_and_their_num
     result = make_gpu_check(out, "--dry-run")
     assert result.returncode == 0, result.stdout + result.stderr
     data = report(out)
-    assert data["dry_run"] is True and data["schema_version"] == 1
+    assert data["mode"] == "dry-run" and data["schema_version"] == 1
     assert {"gpus", "driver_version", "torch", "torch_cuda", "cudnn"} <= set(data["machine"])
     parts = {p["name"]: p for p in data["parts"]}
     assert [p["name"] for p in data["parts"]] == PLANNED  # planned as for 2 GPUs: torchrun and ONNX CUDA too
@@ -67,7 +67,7 @@ def test_dry_run_reports_every_planned_part_with_the_real_commands_and_their_num
     assert parts["train-b1"]["command"][1:4] == ["bench/bench_train.py", "--device", "cuda"]
     assert parts["train-b1"]["ran"][1] == "-c"
     assert parts["cuda-tests"]["command"][1:] == ["-m", "pytest", "-q", "-rs", "-m", "gpu", "-p", "no:cacheprovider",
-                                                  "tests"]
+                                                  "--continue-on-collection-errors", "tests"]
     assert parts["cuda-tests"]["numbers"]["counts"]["passed"] == 1
     assert parts["edges"]["numbers"]["tables"][0]["rows"] == [["edges", "cpu", 1.0]]
     assert (out / parts["edges"]["log"]).is_file()
@@ -202,6 +202,19 @@ def test_options_a_bench_does_not_take_fail_the_part_before_it_runs(tmp_path: Pa
     assert run_check([renamed], tmp_path, 300, MACHINE) == 1
     (outcome,) = report(tmp_path)["parts"]
     assert outcome["status"] == "failed" and "--rows" in outcome["reason"] and outcome["log"] is None  # never ran
+
+
+def test_the_cpu_smoke_plan_runs_every_bench_on_the_cpu_at_sizes_its_options_accept() -> None:
+    parts = gpu_check.on_the_cpu(plan(sys.executable, gpus=2, onnx_cuda=True))
+    assert [p.name for p in parts] == PLANNED
+    assert "need CUDA" in parts[0].skip  # the CUDA-only tests
+    for part in parts[1:]:
+        assert part.skip is None and "cuda" not in part.command, part.name
+        assert part.command[part.command.index("--device") + 1] == "cpu"
+        assert check_arguments(part) is None, part.name
+    fid = next(p for p in parts if p.name == "fid")
+    parsed = __import__("bench.bench_fid", fromlist=["x"]).build_parser().parse_args(list(fid.command[2:]))
+    assert (parsed.images, parsed.device) == (2, "cpu")  # the smallest size wins over the GPU row's 50
 
 
 def test_one_gpu_skips_torchrun_and_onnx_runtime_without_cuda_skips_its_row() -> None:
