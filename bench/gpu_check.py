@@ -17,9 +17,12 @@ Without a CUDA device it prints one line and exits 0 (so ``make gpu-check`` is h
 ``--dry-run`` runs the same orchestration on the CPU: the plan is made as for two GPUs, every bench
 command is checked against that bench's own options (``build_parser()``), and each part is realised by
 a stand-in process that prints output of the part's shape; the report is written as on a GPU.
+``--cpu`` runs the real bench commands on the CPU at their smallest sizes (minutes): a bench that a
+change broke is found there, before a lease, not in one.
 
-    python bench/gpu_check.py                  # on a GPU machine: about 6 minutes, at most --budget
+    python bench/gpu_check.py                  # on a GPU machine: at most --budget (420 s) for the parts
     python bench/gpu_check.py --dry-run --out /tmp/gpu-check
+    python bench/gpu_check.py --cpu --out /tmp/gpu-check-cpu
     python bench/gpu_check.py --only train-b1,edges
 """
 
@@ -402,6 +405,7 @@ def describe(mode: str) -> dict[str, Any]:
 
 
 def _cpu_model() -> str:
+    """The benches' own CPU description (imported late: this module must start without the benches)."""
     from bench.machine import cpu_model
 
     return cpu_model()
@@ -409,12 +413,14 @@ def _cpu_model() -> str:
 
 # ----------------------------------------------------------------------------- the report
 def _atomic_write(path: Path, text: str) -> None:
+    """Write beside, then rename: a report read (or a lease ended) mid-write is the old one, never half."""
     tmp = path.with_name(f".{path.name}.tmp")
     tmp.write_text(text, encoding="utf-8")
     os.replace(tmp, path)
 
 
 def machine_line(machine: dict[str, Any]) -> str:
+    """The one-line machine description that goes next to every table (docs/benchmarks.md's rule)."""
     gpus = ", ".join(f"{g['name']} ({g['memory_gib']} GiB)" for g in machine["gpus"]) or "no GPU"
     return (f"{gpus}; driver {machine['driver_version'] or 'unknown'}; torch {machine['torch']} "
             f"(CUDA {machine['torch_cuda'] or 'none'}, cuDNN {machine['cudnn'] or '-'}); {machine['cpu']}, "
@@ -455,11 +461,14 @@ def write_report(out: Path, machine: dict[str, Any], outcomes: Sequence[Outcome]
 
 # ----------------------------------------------------------------------------- the command
 class _Parser(argparse.ArgumentParser):
+    """argparse whose errors are our one-line OptionError (its own prints the usage as well)."""
+
     def error(self, message: str) -> None:  # one line, exit 2 (argparse's own prints the usage too)
         raise OptionError(message)
 
 
 def build_parser() -> argparse.ArgumentParser:
+    """The command's options; every error in them is one line and exit status 2."""
     parser = _Parser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=Path("gpu-check-out"),
                         help="folder of gpu-check.json, gpu-check.md and logs/ (default gpu-check-out)")
@@ -491,6 +500,7 @@ def select(parts: list[Part], only: str) -> list[Part]:
 
 
 def onnx_has_cuda() -> bool:
+    """Whether this onnxruntime can run on the GPU (the onnxruntime-gpu build): else colorize-onnx is skipped."""
     try:
         import onnxruntime
     except ImportError:
@@ -499,6 +509,7 @@ def onnx_has_cuda() -> bool:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """Parse, plan, and run the check (or print the one-line skip without CUDA); returns the exit status."""
     try:
         args = build_parser().parse_args(argv)
         if not args.budget > 0:
