@@ -215,6 +215,7 @@ def test_the_cpu_smoke_plan_runs_every_bench_on_the_cpu_at_sizes_its_options_acc
     fid = next(p for p in parts if p.name == "fid")
     parsed = __import__("bench.bench_fid", fromlist=["x"]).build_parser().parse_args(list(fid.command[2:]))
     assert (parsed.images, parsed.device) == (2, "cpu")  # the smallest size wins over the GPU row's 50
+    assert fid.timeout == gpu_check.CPU_TIMEOUTS["fid"] > next(p for p in plan("p", 2, True) if p.name == "fid").timeout
 
 
 def test_one_gpu_skips_torchrun_and_onnx_runtime_without_cuda_skips_its_row() -> None:
