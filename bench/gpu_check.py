@@ -524,7 +524,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
         mode = "dry-run" if args.dry_run else "cpu" if args.cpu else "gpu"
-        planned = plan(args.python, gpus if mode == "gpu" else 2, mode != "gpu" or onnx_has_cuda())
+        planned = plan(args.python, 2 if mode == "dry-run" else gpus, mode == "dry-run" or onnx_has_cuda())
         parts = select(on_the_cpu(planned) if mode == "cpu" else planned, args.only)
     except OptionError as error:
         print(f"gpu-check: error: {error}", file=sys.stderr)
