@@ -42,6 +42,7 @@ import signal
 import subprocess
 import sys
 import time
+import warnings
 from collections.abc import Callable, Sequence
 from datetime import datetime, timezone
 from pathlib import Path
@@ -512,6 +513,17 @@ def onnx_has_cuda() -> bool:
     return "CUDAExecutionProvider" in onnxruntime.get_available_providers()
 
 
+def cuda_devices() -> tuple[int, str | None]:
+    """The CUDA devices torch sees, and the first line of the warning torch gives when it finds none
+    (a driver too old for its CUDA build...): caught, so that the skip stays one line, and said in it."""
+    import torch
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    return count, (str(caught[0].message).strip().splitlines()[0] if caught and not count else None)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Parse, plan, and run the check (or print the one-line skip without CUDA); returns the exit status."""
     try:
@@ -522,7 +534,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise OptionError(f"--budget {args.budget:g}: give a number of seconds above 0")
         import torch
 
-        gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        gpus, why_none = cuda_devices()
         mode = "dry-run" if args.dry_run else "cpu" if args.cpu else "gpu"
         planned = plan(args.python, 2 if mode == "dry-run" else gpus, mode == "dry-run" or onnx_has_cuda())
         parts = select(on_the_cpu(planned) if mode == "cpu" else planned, args.only)
@@ -531,7 +543,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     if not gpus and mode == "gpu":
         print(f"gpu-check: skipped: no CUDA device here (torch {torch.__version__}, CUDA build "
-              f"{torch.version.cuda or 'none'}); nothing was run")
+              f"{torch.version.cuda or 'none'}{'; ' + why_none if why_none else ''}); nothing was run")
         return 0
     machine = describe(mode)
     print(f"gpu-check: {len(parts)} parts, budget {args.budget:.0f} s, report in {args.out}/{MODES[mode]}", flush=True)

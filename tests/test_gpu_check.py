@@ -52,6 +52,24 @@ def test_without_a_gpu_it_prints_one_line_exits_0_and_writes_nothing(tmp_path: P
     assert not (tmp_path / "out").exists()
 
 
+def test_torchs_warning_about_a_missing_driver_goes_into_the_one_line(tmp_path: Path, capsys: pytest.CaptureFixture,
+                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    import warnings
+
+    import torch
+
+    def no_driver() -> bool:
+        warnings.warn("CUDA initialization: The NVIDIA driver on your system is too old (found version 11040).\n"
+                      "Please update your GPU driver.", UserWarning)
+        return False
+
+    monkeypatch.setattr(torch.cuda, "is_available", no_driver)
+    assert gpu_check.main(["--out", str(tmp_path / "out")]) == 0
+    captured = capsys.readouterr()
+    assert captured.err == "" and len(captured.out.splitlines()) == 1
+    assert "skipped: no CUDA device" in captured.out and "driver on your system is too old" in captured.out
+
+
 def test_dry_run_reports_every_planned_part_with_the_real_commands_and_their_numbers(tmp_path: Path) -> None:
     out = tmp_path / "out"
     result = make_gpu_check(out, "--dry-run")
