@@ -100,6 +100,7 @@ def test_dry_run_reports_every_planned_part_with_the_real_commands_and_their_num
     (["--budget", "0"], "--budget"),
     (["--only", "edges,nosuch"], "nosuch"),
     (["--bogus"], "--bogus"),
+    (["--cpu"], "not allowed with argument --cpu"),  # with the --dry-run added below: one way at a time
 ])
 def test_bad_options_are_one_line_and_exit_2(tmp_path: Path, capsys: pytest.CaptureFixture, options: list[str],
                                              says: str) -> None:
