@@ -102,7 +102,8 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-ROW_NAMES = {"torch": "`advseg colorize RUN` (PyTorch)", "onnx": "`advseg colorize model.onnx` (ONNX Runtime, {provider})"}
+ROW_NAMES = {"torch": "`advseg colorize RUN` (PyTorch)",
+             "onnx": "`advseg colorize model.onnx` (ONNX Runtime, {provider})"}
 
 
 def main() -> None:

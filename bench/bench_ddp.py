@@ -111,8 +111,8 @@ def main() -> None:
     one_rate = args.batch_size / one
     many_rate = processes * args.batch_size / many
     print(f"| 1 | {args.batch_size} | {one:.4f} | {one_rate:.2f} | 1.00 | {one_wall:.1f} |")
-    print(f"| {processes} | {args.batch_size} | {many:.4f} | {many_rate:.2f} | {many_rate / (processes * one_rate):.2f} "
-          f"| {many_wall:.1f} |")
+    scaling = many_rate / (processes * one_rate)
+    print(f"| {processes} | {args.batch_size} | {many:.4f} | {many_rate:.2f} | {scaling:.2f} | {many_wall:.1f} |")
 
 
 if __name__ == "__main__":
