@@ -40,7 +40,7 @@ NEED_INSTALL ?= $(STAMP)
 EXPAND_PATHS = sed -E 's|\$$\(VENV\)|$(VENV)|g; s|\$$\(STAMP\)|$(STAMP)|g'
 
 .DEFAULT_GOAL := help
-.PHONY: help install test demo bench clean reproduce table weights-check evidence browser mutation FORCE
+.PHONY: help install test demo bench gpu-check clean reproduce table weights-check evidence browser mutation FORCE
 
 help: ## List the targets and the variables a user may change
 	@echo "Targets:"
@@ -101,6 +101,13 @@ bench: install ## Run the benchmarks in bench/ and print their tables (see docs/
 	$(PY) bench/bench_train.py
 	$(PY) bench/bench_fid.py
 	$(PY) bench/bench_colorize.py
+
+# On a GPU machine without the network, the image's own Python: make gpu-check NEED_INSTALL= PY=python3
+GPU_CHECK_OUT ?= gpu-check-out#  make gpu-check's report: gpu-check.json, gpu-check.md, logs/
+GPU_CHECK_ARGS ?=#               extra options of bench/gpu_check.py (--budget SECONDS, --only PARTS, --dry-run)
+
+gpu-check: | $(NEED_INSTALL) ## On a GPU: the CUDA-only tests and one row of each bench, under 8 minutes (docs/benchmarks.md)
+	@$(PY) bench/gpu_check.py --out $(GPU_CHECK_OUT) $(GPU_CHECK_ARGS)
 
 clean: ## Remove the virtual environment and demo outputs
 	rm -rf $(VENV) $(OUT) *.egg-info

@@ -70,7 +70,8 @@ def timed(function, *args) -> tuple[float, object]:
     return time.perf_counter() - start, result
 
 
-def main() -> None:
+def build_parser() -> argparse.ArgumentParser:
+    """The options (also read by bench/gpu_check.py, which checks its commands against them)."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--count", type=int, default=16)
     parser.add_argument("--size", type=int, default=256, help="photo side (px); HED sees size + 2*pad")
@@ -78,7 +79,11 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=-1, help="-1: advseg's auto (0 for HED on a CPU)")
     parser.add_argument("--device", default="auto")
     parser.add_argument("--repeat", type=int, default=3, help="alternating rounds; medians are reported")
-    args = parser.parse_args()
+    return parser
+
+
+def main() -> None:
+    args = build_parser().parse_args()
     device = resolve_device(args.device)
     work = Path(tempfile.mkdtemp(prefix="bench-edges-"))
     try:

@@ -97,14 +97,19 @@ def sqrtm_seconds(images: int, dims: int) -> float:
     return time.perf_counter() - start
 
 
-def main() -> None:
+def build_parser() -> argparse.ArgumentParser:
+    """The options (also read by bench/gpu_check.py, which checks its commands against them)."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--images", type=int, default=50, help="images per side")
     parser.add_argument("--size", type=int, default=256, help="image side (px); Inception resizes to 299")
     parser.add_argument("--batch-size", type=int, default=50)
     parser.add_argument("--workers", type=int, default=min(4, os.cpu_count() or 1))
     parser.add_argument("--device", default="auto")
-    args = parser.parse_args()
+    return parser
+
+
+def main() -> None:
+    args = build_parser().parse_args()
     device = resolve_device(args.device)
     load_before = os.getloadavg()[0]
     work = Path(tempfile.mkdtemp(prefix="bench-fid-"))

@@ -195,7 +195,8 @@ def mean_kept_queries(segmenter, photos: Path, policy: ResizePolicy) -> float | 
     return float(np.mean(counts))
 
 
-def main() -> None:
+def build_parser() -> argparse.ArgumentParser:
+    """The options (also read by bench/gpu_check.py, which checks its commands against them)."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--backend", default="mask2former", choices=["mask2former", "panoptic-fpn"])
     parser.add_argument("--weights", type=Path, help="real weights (folder for mask2former, file for panoptic-fpn)")
@@ -211,7 +212,11 @@ def main() -> None:
                         help="random mask2former: scale of the class head (more confident queries are kept)")
     parser.add_argument("--repeat", type=int, default=1,
                         help="interleaved repetitions, best time kept (for busy shared machines)")
-    args = parser.parse_args()
+    return parser
+
+
+def main() -> None:
+    args = build_parser().parse_args()
 
     device = resolve_device(args.device)
     if args.threads:

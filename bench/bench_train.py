@@ -548,7 +548,8 @@ def variants(compat: list[str]) -> list[tuple[str, str, str]]:
     return sorted(rows, key=lambda v: (MODELS.index(v[0]), ADVSEG_MODES.index(v[1]), v[2] == "compat"))
 
 
-def parse_args() -> argparse.Namespace:
+def build_parser() -> argparse.ArgumentParser:
+    """The options (also read by bench/gpu_check.py, which checks its commands against them)."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--device", default="auto")
     parser.add_argument("--size", type=int, help="crop size (default 256 on CUDA, 64 on CPU)")
@@ -570,11 +571,13 @@ def parse_args() -> argparse.Namespace:
                                                          "compat ('' for none)")
     parser.add_argument("--only", default="", help="comma-separated model-advseg-seggrad names to run (default all)")
     parser.add_argument("--threads", type=int, default=0, help="torch intra-op threads (0: torch's default)")
-    return parser.parse_args()
+    parser.add_argument("--max-batch", type=int, default=4096,
+                        help="--batch-size max searches up to this batch (a cap keeps the search short)")
+    return parser
 
 
 def main() -> None:
-    args = parse_args()
+    args = build_parser().parse_args()
     device = resolve_device(args.device)
     check_precision(args.precision, device)
     on_cuda = device.type == "cuda"
@@ -614,7 +617,7 @@ def main() -> None:
             options = {"advseg": variant[1], "seg_grad": variant[2], "ngf": args.ngf, "ndf": args.ndf,
                        "arch": args.arch}
             batch_sizes[variant] = largest_batch(fits_on_device(variant[0], options, seg_folder, vgg_file, args.size,
-                                                                device, args.precision))
+                                                                device, args.precision), limit=args.max_batch)
             print(f"largest batch of {'-'.join(variant)}: {batch_sizes[variant]}", flush=True)
         largest = max(batch_sizes.values())
         count = max(args.images or largest * (args.warmup + args.steps + 1), largest)

@@ -17,6 +17,17 @@ from tests.helpers import HiddenPackage, make_photo_folder
 torch.set_num_threads(1)
 
 
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """``@pytest.mark.gpu`` is the one way a test says it needs CUDA: it is skipped without a device, and
+    ``pytest -m gpu`` (what ``make gpu-check`` runs) selects exactly the CUDA-only tests."""
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="needs a CUDA device (marked gpu)")
+    for item in items:
+        if item.get_closest_marker("gpu") is not None:
+            item.add_marker(skip)
+
+
 @pytest.fixture(autouse=True)
 def _isolated_home(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> None:
     """No test reads or writes the user's caches (ours and torch hub's), and nothing is downloaded."""

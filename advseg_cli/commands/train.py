@@ -11,6 +11,7 @@ from typing import Any
 import click
 
 from advseg_cli.models.advseg import ADVSEG_MODES, MODELS, SEG_GRAD_MODES
+from advseg_cli.models.seg_variants import SEG_REAL_MODES
 from advseg_cli.models.networks import GENERATOR_ARCHS, NORMS
 from advseg_cli.models.perceptual import PERCEPTUAL_LAYERS
 
@@ -20,7 +21,8 @@ from advseg_cli.models.perceptual import PERCEPTUAL_LAYERS
 MODEL_OPTIONS = ("arch", "ngf", "ndf", "n_layers_d", "norm", "dropout", "gan_mode", "advseg", "lambda_seg",
                  "seg_grad", "pool_size", "lambda_a", "lambda_b", "lambda_identity", "lambda_l1", "lambda_tv",
                  "lambda_feat", "perceptual_layer", "lambda_gan", "lambda_nce", "nce_idt", "nce_layers", "num_patches",
-                 "nce_t", "netf_nc", "flip_equivariance")
+                 "nce_t", "netf_nc", "flip_equivariance", "seg_real", "seg_augment", "seg_warmup", "seg_balance",
+                 "seg_consistency")
 
 
 def _default_workers() -> int:
@@ -45,6 +47,20 @@ def _default_workers() -> int:
               help="Weight of the segmentation GAN terms.")
 @click.option("--seg-grad", type=click.Choice(SEG_GRAD_MODES),
               show_default="soft", help="soft: differentiable maps of generated photos (the paper's loss); compat: the public code's hard maps, no gradient; straight: hard maps forward, soft gradient backward.")
+@click.option("--seg-real", type=click.Choice(SEG_REAL_MODES), show_default="hard",
+              help="Real photos' maps: hard (one-hot of the cached labels, the paper's) or soft (Seg's probabilities "
+                   "of the photo, made while training, so D_M / D_Bin compare soft maps with soft maps).")
+@click.option("--seg-augment", metavar="POLICY", show_default="none",
+              help="DiffAugment of the segmentation discriminators' inputs, the same draw for real and generated: "
+                   "a comma-separated list of translation, cutout, color (color: Pix2Pix / AutoPainter only).")
+@click.option("--seg-warmup", type=click.IntRange(min=0), metavar="N", show_default="0",
+              help="Ramp the segmentation terms' weight from 0 over the first N steps.")
+@click.option("--seg-balance", type=click.FloatRange(min=0), metavar="F", show_default="0: off",
+              help="Weight the segmentation terms each step so their gradient on G's last layer is F times the "
+                   "image GAN term's (replaces --lambda-seg; logged as weight/seg).")
+@click.option("--seg-consistency", type=click.FloatRange(min=0), metavar="W", show_default="0: off",
+              help="Pix2Pix / AutoPainter: add W x cross-entropy of Seg's map of G(A) against the real photo's "
+                   "labels (non-adversarial; needs --segcache).")
 @click.option("--segcache", type=click.Path(path_type=Path, dir_okay=False),
               show_default="DATA/segmaps.h5 when it exists", help="Label maps of the photos (advseg segcache).")
 @click.option("--segcache-missing", type=click.Choice(["error", "skip"]), default="error", show_default=True,
@@ -119,8 +135,9 @@ def _default_workers() -> int:
 @click.option("--log-every", type=click.IntRange(min=1), default=10, show_default=True,
               help="Steps between rows of metrics.csv (and NaN checks).")
 @click.option("--log-seg-grad-norm", is_flag=True,
-              help="Log the norm of the segmentation terms' gradient on the generator (grad/G_seg_norm) at each "
-                   "metric row; one extra backward then (0 exactly with --seg-grad compat).")
+              help="Log the gradient norm of every generator term on the photo generator (grad/G_<term>_norm, and "
+                   "grad/G_seg_norm for the segmentation terms together) at each metric row; one extra backward per "
+                   "term then (0 exactly for a term without gradient, e.g. --seg-grad compat).")
 @click.option("--sample-every", type=click.IntRange(min=1), default=500, show_default=True,
               help="Steps between sample grids in samples/.")
 @click.option("--save-every", type=click.IntRange(min=1), default=1000, show_default=True,
@@ -200,7 +217,7 @@ def _new_config(data: Path | None, options: dict[str, Any]) -> Any:
     _fill_schedule_defaults(options)
     segcache = options.pop("segcache")
     if segcache is None and data is not None and (data / "segmaps.h5").exists() \
-            and model_options.get("advseg", "none") != "none":
+            and (model_options.get("advseg", "none") != "none" or model_options.get("seg_consistency", 0) > 0):
         segcache = data / "segmaps.h5"
     return TrainConfig(sketches=sketches, photos=photos, model_options=model_options, segcache=segcache,
                        flip=not options.pop("no_flip"), compile=options.pop("compile_"), **options).validate()

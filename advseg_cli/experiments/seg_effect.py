@@ -41,12 +41,25 @@ import torch
 from advseg_cli.errors import AdvsegError
 from advseg_cli.experiments.statistics import CONFIDENCE, has_converged, paired_difference
 
-MODES: dict[str, dict[str, str]] = {  # mode name -> model options it sets
+MODES: dict[str, dict[str, Any]] = {  # mode name -> model options it sets
     "none": {"advseg": "none"},
     "compat": {"advseg": "both", "seg_grad": "compat"},
     "soft": {"advseg": "both", "seg_grad": "soft"},
     "straight": {"advseg": "both", "seg_grad": "straight"},
+    # The variants that make a loss against a frozen network trainable (advseg_cli.models.seg_variants),
+    # each on top of ``soft``, and all of them together; ``consistency`` is the non-adversarial control
+    # (paired models only). Not in the presets' default modes: ask for them with --modes.
+    "soft-real": {"advseg": "both", "seg_grad": "soft", "seg_real": "soft"},
+    "soft-augment": {"advseg": "both", "seg_grad": "soft", "seg_augment": "translation,cutout"},
+    "soft-warmup": {"advseg": "both", "seg_grad": "soft", "seg_warmup": 1000},
+    "soft-balance": {"advseg": "both", "seg_grad": "soft", "seg_balance": 1.0},
+    "soft-all": {"advseg": "both", "seg_grad": "soft", "seg_real": "soft", "seg_augment": "translation,cutout",
+                 "seg_warmup": 1000, "seg_balance": 1.0},
+    "consistency": {"advseg": "none", "seg_consistency": 10.0},
 }
+BASE_MODES: tuple[str, ...] = ("none", "compat", "soft", "straight")  # the presets' modes
+VARIANT_MODES: tuple[str, ...] = tuple(mode for mode in MODES if mode not in BASE_MODES)
+PAIRED_ONLY_MODES: tuple[str, ...] = ("consistency",)
 METRICS: dict[str, str] = {  # name -> how it reads
     "miou": "mIoU of the evaluation segmenter vs ground truth (higher is better)",
     "mae": "mean |colorized - photo| in 8-bit levels (lower is better)",
@@ -100,19 +113,19 @@ class Preset:
 PRESETS: dict[str, Preset] = {
     # The test suite's: every code path, minutes on 2 cores; its numbers mean nothing.
     "quick": Preset("quick", world_train=12, world_test=6, world_size=64, seg_photos=160, seg_epochs=6, seg_batch=8,
-                    models=("cyclegan", "pix2pix"), modes=tuple(MODES), seeds=(0, 1), steps=4, evaluations=2,
+                    models=("cyclegan", "pix2pix"), modes=BASE_MODES, seeds=(0, 1), steps=4, evaluations=2,
                     load_size=56, crop_size=48, ngf=4, ndf=4, edges_pad=16, own_seg=True,
                     model_steps={"cyclegan": 6}, model_options={"pix2pix": {"norm": "instance"}}),
     # The default (docs/evidence.md has the measured times): Pix2Pix converges here in 5000 steps once its
     # norm is instance norm (batch norm at batch 1 is instance norm in training but running averages in
     # eval mode); CycleGAN gets 12000 steps and still learns slowly (docs/evidence.md).
     "default": Preset("default", world_train=300, world_test=100, world_size=128, seg_photos=800, seg_epochs=8, seg_batch=16,
-                      models=("cyclegan", "pix2pix"), modes=tuple(MODES), seeds=(0, 1, 2, 3, 4), steps=5000,
+                      models=("cyclegan", "pix2pix"), modes=BASE_MODES, seeds=(0, 1, 2, 3, 4), steps=5000,
                       evaluations=5, load_size=72, crop_size=64, ngf=16, ndf=16, model_steps={"cyclegan": 12000},
                       model_options={"pix2pix": {"norm": "instance"}}),
     # A GPU machine: larger photos, wider networks, more steps.
     "gpu": Preset("gpu", world_train=1000, world_test=200, world_size=128, seg_photos=800, seg_epochs=8, seg_batch=16,
-                  models=("cyclegan", "pix2pix"), modes=tuple(MODES), seeds=(0, 1, 2), steps=20000,
+                  models=("cyclegan", "pix2pix"), modes=BASE_MODES, seeds=(0, 1, 2), steps=20000,
                   evaluations=10, load_size=143, crop_size=128, ngf=64, ndf=64),
 }
 
@@ -244,7 +257,7 @@ def _train_config(world: Path, runs: Path, seg_weights: Path, preset: Preset, mo
     from advseg_cli.training.loop import TrainConfig
 
     options = {"ngf": preset.ngf, "ndf": preset.ndf, **preset.model_options.get(model, {}), **MODES[mode]}
-    uses_seg = options["advseg"] != "none"
+    uses_seg = options["advseg"] != "none" or options.get("seg_consistency", 0) > 0
     # whole epochs of the world's training photos: the first half at the full rate, then linear decay
     epochs_in_total = max(1, math.ceil(preset.steps_for(model) * preset.batch_size / preset.world_train))
     epochs = math.ceil(epochs_in_total / 2)
@@ -253,7 +266,7 @@ def _train_config(world: Path, runs: Path, seg_weights: Path, preset: Preset, mo
         model_options=options, runs_dir=runs, segcache=world / "segmaps.h5" if uses_seg else None,
         seg_weights=seg_weights if uses_seg else None, load_size=preset.load_size, crop_size=preset.crop_size,
         epochs=epochs, epochs_decay=epochs_in_total - epochs, seed=seed, device=device, batch_size=preset.batch_size,
-        workers=0, max_steps=max_steps, log_every=max(1, min(10, preset.steps_for(model) // 4)), log_seg_grad_norm=uses_seg,
+        workers=0, max_steps=max_steps, log_every=max(1, min(10, preset.steps_for(model) // 4)), log_seg_grad_norm=True,
         sample_every=10**9, save_every=max_steps, resume=resume, quiet=True)
 
 
@@ -263,16 +276,33 @@ def _colorized(scorer: Scorer, folder: Path) -> np.ndarray:
     return np.stack([read_rgb(folder / Path(name).with_suffix(".png")) for name in scorer.names])
 
 
-def seg_grad_norms(run_dir: Path) -> list[tuple[int, float]]:
-    """(step, grad/G_seg_norm) rows of a run's metrics.csv (empty without the column)."""
+def _metric_rows(run_dir: Path) -> list[dict[str, str]]:
     import csv
 
     path = run_dir / "metrics.csv"
     if not path.exists():
         return []
     with open(path, newline="") as handle:
-        rows = list(csv.DictReader(handle))
-    return [(int(row["step"]), float(row["grad/G_seg_norm"])) for row in rows if row.get("grad/G_seg_norm")]
+        return list(csv.DictReader(handle))
+
+
+def seg_grad_norms(run_dir: Path) -> list[tuple[int, float]]:
+    """(step, grad/G_seg_norm) rows of a run's metrics.csv (empty without the column)."""
+    return [(int(row["step"]), float(row["grad/G_seg_norm"])) for row in _metric_rows(run_dir)
+            if row.get("grad/G_seg_norm")]
+
+
+def term_gradient_norms(run_dir: Path, until: int) -> dict[str, float]:
+    """Each generator term's mean gradient norm (grad/G_<term>_norm) over the rows up to step ``until``:
+    the balance of the terms, which their loss values do not show."""
+    found: dict[str, list[float]] = {}
+    for row in _metric_rows(run_dir):
+        if int(row["step"]) > until:
+            continue
+        for column, value in row.items():
+            if column.startswith("grad/G_") and column.endswith("_norm") and column != "grad/G_seg_norm" and value:
+                found.setdefault(column[len("grad/G_"):-len("_norm")], []).append(float(value))
+    return {term: float(np.mean(values)) for term, values in found.items()}
 
 
 def evaluate_run(out: Path, world: Path, seg_weights: Path, scorer: Scorer, preset: Preset, model: str, mode: str,
@@ -298,7 +328,8 @@ def evaluate_run(out: Path, world: Path, seg_weights: Path, scorer: Scorer, pres
         norms = [value for at, value in seg_grad_norms(out / "runs" / name) if at <= step]
         row = {"model": model, "mode": mode, "seed": seed, "step": step, "train_seconds": round(seconds, 2),
                **scorer.score(_colorized(scorer, colorized)),
-               "seg_grad_norm": float(np.mean(norms)) if norms else None}
+               "seg_grad_norm": float(np.mean(norms)) if norms else None,
+               "term_grad_norms": term_gradient_norms(out / "runs" / name, step)}
         cached.parent.mkdir(parents=True, exist_ok=True)
         cached.write_text(json.dumps(row, indent=2) + "\n", encoding="utf-8")
         rows.append(row)
@@ -363,8 +394,16 @@ def summary_table(rows: list[dict[str, Any]], preset: Preset) -> list[dict[str, 
             table.append({"model": model, "mode": mode, "step": last, "seeds": len(cell),
                           **{metric: mean_and_spread(row[metric] for row in cell) for metric in METRICS},
                           "converged": {metric: convergence(rows, preset, model, mode, metric)["converged"]
-                                        for metric in ("miou", "mae")}})
+                                        for metric in ("miou", "mae")},
+                          "term_grad_norms": mean_term_gradient_norms(cell)})
     return table
+
+
+def mean_term_gradient_norms(cell: list[dict[str, Any]]) -> dict[str, float]:
+    """Each generator term's gradient norm, averaged over the seeds of a cell that recorded it."""
+    terms = sorted({term for row in cell for term in row.get("term_grad_norms") or {}})
+    return {term: float(np.mean([row["term_grad_norms"][term] for row in cell
+                                 if term in (row.get("term_grad_norms") or {})])) for term in terms}
 
 
 def _format(stat: tuple[float, float] | None, digits: int) -> str:
@@ -402,6 +441,14 @@ def markdown_table(table: list[dict[str, Any]], differences: list[dict[str, Any]
                 f"{d['mean']:+.{n}f} [{d['low']:+.{n}f}, {d['high']:+.{n}f}] {d['verdict']}")
         for (model, mode), by_metric in cells.items():
             lines.append(f"| {model} | {mode} | " + " | ".join(by_metric.get(m, "n/a") for m in HIGHER_IS_BETTER) + " |")
+    balance = [line for line in table if line.get("term_grad_norms")]
+    if balance:
+        lines += ["", "Gradient norm of each weighted generator term on the photo generator's weights (mean over "
+                  "training and seeds; `--log-seg-grad-norm`): which term drives the updates.", "",
+                  "| model | mode | gradient norms |", "|---|---|---|"]
+        for line in balance:
+            norms = ", ".join(f"{term} {value:.3g}" for term, value in line["term_grad_norms"].items())
+            lines.append(f"| {line['model']} | {line['mode']} | {norms} |")
     lines += ["", f"Scored at the colorizers' output size, {references['size']} px. "
               "References: evaluation segmenter on the test photos themselves "
               f"{references['miou_test_photos']:.3f} mIoU, on a constant grey image {references['miou_grey']:.3f}; "
@@ -549,6 +596,11 @@ def run_seg_effect(out: Path, preset_name: str = "default", device: str = "cpu",
     unknown = [model for model in preset.models if model not in MODELS]
     if unknown:
         raise AdvsegError(f"--models: unknown {', '.join(unknown)}; choose from {', '.join(MODELS)}")
+    unpaired = [model for model in preset.models if not MODELS[model][1].paired]
+    paired_only = [mode for mode in preset.modes if mode in PAIRED_ONLY_MODES]
+    if unpaired and paired_only:
+        raise AdvsegError(f"--modes {','.join(paired_only)}: needs the photo of each sketch, which "
+                          f"{', '.join(unpaired)} never sees; run it with --models pix2pix (or autopainter)")
     if jobs < 1:
         raise AdvsegError(f"--jobs: at least 1, got {jobs}")
     started = time.perf_counter()

@@ -38,7 +38,9 @@ Segmentation maps of generated photos (``seg_grad``):
     gradient of the soft probabilities (``hard + soft - soft.detach()``), so the loss still reaches
     the generator.
 
-Real maps are one-hot (or binary) maps of the cached labels in both modes.
+Real maps are one-hot (or binary) maps of the cached labels in every mode, or, with ``seg_real='soft'``,
+Seg's class probabilities of the real photo. The other variants of the segmentation terms (augmentation,
+warm-up, adaptive balance, semantic consistency) are described in ``advseg_cli.models.seg_variants``.
 """
 
 from __future__ import annotations
@@ -65,6 +67,15 @@ from advseg_cli.models.networks import (
     set_requires_grad,
 )
 from advseg_cli.models.patchnce import PatchProjection, encoder_features, parse_layers, patch_nce_loss
+from advseg_cli.models.seg_variants import (
+    SEG_REAL_MODES,
+    SegAugment,
+    balanced_weight,
+    last_layer_weight,
+    parse_augment_policy,
+    semantic_consistency,
+    warmup_scale,
+)
 from advseg_cli.segmentation.classes import NUM_CLASSES
 from advseg_cli.segmentation.maps import binary_from_labels, binary_from_probs, one_hot
 
@@ -112,6 +123,46 @@ def _validate_common(config: Any) -> None:
     if config.advseg != "none" and config.photo_channels != 3:
         raise AdvsegError(f"--advseg {config.advseg}: the segmentation network needs RGB photos "
                           f"(photo channels 3, got {config.photo_channels})")
+    _validate_seg_variants(config)
+
+
+def _validate_seg_variants(config: Any) -> None:
+    """The variants act on the segmentation discriminators: refuse them where there are none to act on."""
+    check_choice("--seg-real", config.seg_real, SEG_REAL_MODES)
+    parse_augment_policy(config.seg_augment)
+    for field in ("seg_warmup", "seg_balance"):
+        if getattr(config, field) < 0:
+            raise AdvsegError(f"{_flag(field)}: cannot be negative, got {getattr(config, field)}")
+    given = [flag for flag, on in (("--seg-real soft", config.seg_real == "soft"),
+                                   ("--seg-augment", bool(config.seg_augment)),
+                                   ("--seg-warmup", config.seg_warmup > 0),
+                                   ("--seg-balance", config.seg_balance > 0)) if on]
+    if given and config.advseg == "none":
+        raise AdvsegError(f"{', '.join(given)}: change the segmentation discriminators' terms, and --advseg none "
+                          "has none; use --advseg multi, binary or both")
+    if config.seg_balance > 0 and config.seg_grad == "compat":
+        raise AdvsegError("--seg-balance: with --seg-grad compat the segmentation terms have no gradient to "
+                          "balance; use --seg-grad soft or straight")
+
+
+def _refuse_color_on_maps(config: Any) -> None:
+    """Unpaired models' segmentation discriminators see maps alone, which have no colour to augment."""
+    if "color" in parse_augment_policy(config.seg_augment):
+        raise AdvsegError("--seg-augment color: this model's segmentation discriminators see maps alone (no "
+                          "photo to recolour); use translation,cutout")
+
+
+def _validate_consistency(config: Any) -> None:
+    if config.seg_consistency < 0:
+        raise AdvsegError(f"--seg-consistency: a loss weight cannot be negative, got {config.seg_consistency}")
+    if config.seg_consistency > 0 and config.photo_channels != 3:
+        raise AdvsegError(f"--seg-consistency: the segmentation network needs RGB photos (photo channels 3, got "
+                          f"{config.photo_channels})")
+
+
+def uses_segmenter(config: Any) -> bool:
+    """Whether a model of this config needs the frozen Seg: segmentation discriminators, or the consistency term."""
+    return config.advseg != "none" or getattr(config, "seg_consistency", 0.0) > 0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -135,11 +186,16 @@ class CycleGANConfig:
     lambda_seg: float = 10.0  # weight of each segmentation discriminator's term in the generator loss
     seg_grad: str = "soft"  # maps of generated photos: soft (differentiable) | compat (hard, no gradient)
     seg_pool_dtype: str = "float16"  # storage dtype of the map pools (a 50-map 135-channel pool is large)
+    seg_real: str = "hard"  # real photos' maps: hard (one-hot of the cached labels) | soft (Seg's probabilities)
+    seg_augment: str = ""  # DiffAugment of the segmentation discriminators' inputs: translation,cutout[,color]
+    seg_warmup: int = 0  # steps over which the segmentation terms' weight ramps up from 0
+    seg_balance: float = 0.0  # > 0: segmentation gradient on G's last layer = this x the image GAN term's
     init_type: str = "normal"  # weight init: normal | xavier | kaiming | orthogonal
     init_gain: float = 0.02  # std of the normal init (scale for xavier / orthogonal)
 
     def validate(self) -> CycleGANConfig:
         _validate_common(self)
+        _refuse_color_on_maps(self)
         if self.lambda_identity > 0 and self.sketch_channels != self.photo_channels:
             raise AdvsegError(
                 f"--lambda-identity: the identity loss feeds photos to the sketch->photo generator, which needs "
@@ -168,11 +224,17 @@ class Pix2PixConfig:
     lambda_seg: float = 100.0  # weight of each segmentation discriminator's term in the generator loss
     seg_grad: str = "soft"  # maps of generated photos: soft (differentiable) | compat (hard, no gradient)
     seg_pool_dtype: str = "float16"  # storage dtype of the map pools (used only when pool_size > 0)
+    seg_real: str = "hard"  # real photos' maps: hard (one-hot of the cached labels) | soft (Seg's probabilities)
+    seg_augment: str = ""  # DiffAugment of the segmentation discriminators' inputs: translation,cutout[,color]
+    seg_warmup: int = 0  # steps over which the segmentation terms' weight ramps up from 0
+    seg_balance: float = 0.0  # > 0: segmentation gradient on G's last layer = this x the image GAN term's
+    seg_consistency: float = 0.0  # weight of CE(Seg(G(A)), real photo's labels): non-adversarial (CyCADA)
     init_type: str = "normal"  # weight init: normal | xavier | kaiming | orthogonal
     init_gain: float = 0.02  # std of the normal init (scale for xavier / orthogonal)
 
     def validate(self) -> Pix2PixConfig:
         _validate_common(self)
+        _validate_consistency(self)
         return self
 
 
@@ -201,6 +263,7 @@ class AutoPainterConfig(Pix2PixConfig):
         from advseg_cli.models.perceptual import PERCEPTUAL_LAYERS
 
         _validate_common(self)
+        _validate_consistency(self)
         check_choice("--perceptual-layer", self.perceptual_layer, PERCEPTUAL_LAYERS)
         if self.lambda_feat > 0 and self.photo_channels != 3:
             raise AdvsegError(f"--lambda-feat: the VGG feature loss needs RGB photos (photo channels 3, got "
@@ -247,8 +310,12 @@ class AdvSegModel(nn.Module):
         config.validate()
         self.config = config
         self.seg_kinds = _SEG_KINDS[config.advseg]
-        if self.seg_kinds and seg is None:
-            raise ValueError(f"advseg={config.advseg!r} needs a segmentation network (seg=None was given)")
+        if uses_segmenter(config) and seg is None:
+            raise ValueError(f"advseg={config.advseg!r} (or seg_consistency) needs a segmentation network "
+                             "(seg=None was given)")
+        self.seg_augment = SegAugment("")  # the policy is set with the segmentation discriminators
+        self.step_count = 0  # steps finished before this one (the loop sets it: the warm-up reads it)
+        self.last_seg_weight: Tensor | None = None  # this step's weight of the segmentation terms
         object.__setattr__(self, "_seg", seg)  # deliberately not a registered sub-module
         object.__setattr__(self, "_perceptual", None)  # AutoPainter's frozen VGG16 features, likewise
         self.criterion_gan = GANLoss(config.gan_mode)
@@ -270,6 +337,7 @@ class AdvSegModel(nn.Module):
         """D_M over 135 (+ conditioning) channels and/or D_Bin over 3 (+ conditioning) channels."""
         config = self.config
         self.D_M = self.D_Bin = None
+        self.seg_augment = SegAugment(config.seg_augment, color_channels=conditioning_channels)
         for kind in self.seg_kinds:
             net = define_discriminator(conditioning_channels + _SEG_CHANNELS[kind], config.ndf, config.n_layers_d,
                                        config.norm)
@@ -320,6 +388,31 @@ class AdvSegModel(nn.Module):
         """The sketch -> photo generator (what colorize runs)."""
         return getattr(self, self.generator_names[0])
 
+    def set_step(self, step: int) -> None:
+        """The number of steps finished before the coming one (the loop's position; resumes restore it)."""
+        self.step_count = step
+
+    def step_statistics(self) -> dict[str, Tensor]:
+        """Values of this step worth a metrics column: the segmentation weight when warm-up or balance sets it."""
+        varies = self.config.seg_warmup > 0 or self.config.seg_balance > 0
+        if self.seg_kinds and varies and self.last_seg_weight is not None:
+            return {"weight/seg": self.last_seg_weight.detach()}
+        return {}
+
+    def _weighted_seg_terms(self, raw: dict[str, Tensor], gan_term: Tensor) -> dict[str, Tensor]:
+        """The segmentation terms times their weight: lambda_seg (or the adaptive balance) times the warm-up."""
+        if not raw:
+            return {}
+        c = self.config
+        if c.seg_balance > 0:
+            seg_sum = torch.stack([term.float() for term in raw.values()]).sum()
+            weight = balanced_weight(seg_sum, gan_term, last_layer_weight(self.photo_generator), c.seg_balance)
+        else:
+            weight = torch.tensor(float(c.lambda_seg), device=gan_term.device)
+        weight = weight * warmup_scale(self.step_count, c.seg_warmup)
+        self.last_seg_weight = weight
+        return {name: weight.to(term.dtype) * term for name, term in raw.items()}
+
     # ----------------------------------------------------------------------------------------------
     # segmentation maps
 
@@ -346,6 +439,11 @@ class AdvSegModel(nn.Module):
         """One-hot / binary maps of the real photos' cached labels, matching ``like``'s size and dtype."""
         if not self.seg_kinds:
             return {}
+        if self.config.seg_real == "soft":
+            with torch.no_grad():
+                probs = self.seg.soft_probs(batch["real_B"])
+            soft = {"multi": probs, "binary": binary_from_probs(probs) if "binary" in self.seg_kinds else None}
+            return {kind: soft[kind].to(like.dtype) for kind in self.seg_kinds}
         labels = batch.get("real_B_labels")
         if labels is None:
             raise ValueError(f"advseg={self.config.advseg!r}: the batch needs 'real_B_labels' [N,H,W]")
@@ -372,14 +470,13 @@ class AdvSegModel(nn.Module):
         raise TypeError(f"{type(self).__name__} has no forward: call translate(), generator_losses() and "
                         "discriminator_losses()")
 
-    def _map_generator_terms(self, fake_maps: dict[str, Tensor]) -> dict[str, Tensor]:
+    def _map_generator_terms(self, fake_maps: dict[str, Tensor], gan_term: Tensor) -> dict[str, Tensor]:
         """G_M / G_Bin of the unpaired models, whose map discriminators see the generated photo's maps alone."""
-        terms = {}
+        raw = {}
         for kind in self.seg_kinds:
             D_seg = getattr(self, self._seg_discriminator_name(kind))
-            weighted = self.config.lambda_seg * self.criterion_gan(D_seg(fake_maps[kind]), True)
-            terms["G_" + _SEG_LOSS_NAMES[kind]] = weighted
-        return terms
+            raw["G_" + _SEG_LOSS_NAMES[kind]] = self.criterion_gan(D_seg(self.seg_augment(fake_maps[kind])), True)
+        return self._weighted_seg_terms(raw, gan_term)
 
     def _map_discriminator_terms(self, real_maps: dict[str, Tensor], fake_maps: dict[str, Tensor]) -> dict[str, Tensor]:
         """D_M / D_Bin of the unpaired models: real photos' maps against pooled maps of generated photos."""
@@ -387,8 +484,8 @@ class AdvSegModel(nn.Module):
         for kind in self.seg_kinds:
             D_seg = getattr(self, self._seg_discriminator_name(kind))
             pooled = self.pools[f"seg_{kind}"].query(fake_maps[kind])
-            terms["D_" + _SEG_LOSS_NAMES[kind]] = discriminator_loss(self.criterion_gan, D_seg(real_maps[kind]),
-                                                                    D_seg(pooled))
+            real, fake = self.seg_augment.pair(real_maps[kind], pooled)
+            terms["D_" + _SEG_LOSS_NAMES[kind]] = discriminator_loss(self.criterion_gan, D_seg(real), D_seg(fake))
         return terms
 
     @staticmethod
@@ -446,7 +543,7 @@ class CycleGANAdvSeg(AdvSegModel):
         if c.lambda_identity > 0:
             terms["idt_A"] = weighted_l1(self.G_A(real_B), real_B, c.lambda_b * c.lambda_identity)
             terms["idt_B"] = weighted_l1(self.G_B(real_A), real_A, c.lambda_a * c.lambda_identity)
-        terms.update(self._map_generator_terms(fakes.fake_B_maps))
+        terms.update(self._map_generator_terms(fakes.fake_B_maps, terms["G_A"]))
         return self._with_total(terms)
 
     def discriminator_losses(self, batch: Batch, fakes: CycleGANFakes | None = None) -> dict[str, Tensor]:
@@ -507,11 +604,24 @@ class Pix2PixAdvSeg(AdvSegModel):
             "G_GAN": gan(self.D(torch.cat([real_A, fakes.fake_B], 1)), True),
             "G_L1": weighted_l1(fakes.fake_B, real_B, c.lambda_l1),
         }
+        raw = {}
         for kind in self.seg_kinds:
             D_seg = getattr(self, self._seg_discriminator_name(kind))
             conditioned = self._conditioned(real_B, fakes.fake_B_maps[kind])
-            terms["G_" + _SEG_LOSS_NAMES[kind]] = c.lambda_seg * gan(D_seg(conditioned), True)
+            raw["G_" + _SEG_LOSS_NAMES[kind]] = gan(D_seg(self.seg_augment(conditioned)), True)
+        terms.update(self._weighted_seg_terms(raw, terms["G_GAN"]))
+        if c.seg_consistency > 0:
+            terms["G_SegCE"] = c.seg_consistency * self._consistency(batch, fakes)
         return self._with_total(terms)
+
+    def _consistency(self, batch: Batch, fakes: Pix2PixFakes) -> Tensor:
+        """Cross-entropy of Seg's map of G(A) against the real photo's cached labels."""
+        labels = batch.get("real_B_labels")
+        if labels is None:
+            raise ValueError("seg_consistency: the batch needs 'real_B_labels' [N,H,W]")
+        reusable = self.config.seg_grad == "soft" and "multi" in self.seg_kinds  # fake_maps made these probs
+        probs = fakes.fake_B_maps["multi"] if reusable else self.seg.soft_probs(fakes.fake_B)
+        return semantic_consistency(probs, labels)
 
     def discriminator_losses(self, batch: Batch, fakes: Pix2PixFakes | None = None) -> dict[str, Tensor]:
         """Terms D, (D_M, D_Bin), each 0.5 * (real + pooled fake), and their 'total'."""
@@ -527,6 +637,7 @@ class Pix2PixAdvSeg(AdvSegModel):
             D_seg = getattr(self, self._seg_discriminator_name(kind))
             real = self._conditioned(real_B, real_maps[kind])
             fake = self.pools[f"seg_{kind}"].query(self._conditioned(real_B, fakes.fake_B_maps[kind]))
+            real, fake = self.seg_augment.pair(real, fake)
             terms["D_" + _SEG_LOSS_NAMES[kind]] = discriminator_loss(gan, D_seg(real), D_seg(fake))
         return self._with_total(terms)
 
@@ -597,11 +708,16 @@ class CUTConfig:
     lambda_seg: float = 10.0  # weight of each segmentation term (no public value: CycleGAN + AdvSegLoss's 10)
     seg_grad: str = "soft"  # maps of generated photos: soft (differentiable) | compat (hard, no gradient)
     seg_pool_dtype: str = "float16"  # storage dtype of the map pools (used only when pool_size > 0)
+    seg_real: str = "hard"  # real photos' maps: hard (one-hot of the cached labels) | soft (Seg's probabilities)
+    seg_augment: str = ""  # DiffAugment of the segmentation discriminators' inputs: translation,cutout[,color]
+    seg_warmup: int = 0  # steps over which the segmentation terms' weight ramps up from 0
+    seg_balance: float = 0.0  # > 0: segmentation gradient on G's last layer = this x the image GAN term's
     init_type: str = "xavier"  # weight init of G, D and the projection head (public init_type xavier)
     init_gain: float = 0.02  # its gain (public init_gain)
 
     def validate(self) -> CUTConfig:
         _validate_common(self)
+        _refuse_color_on_maps(self)
         if not self.arch.startswith("resnet"):
             raise AdvsegError(f"--arch {self.arch}: CUT's PatchNCE reads the encoder layers of a ResNet generator; "
                               "use --arch resnet_9blocks or resnet_6blocks")
@@ -742,7 +858,7 @@ class CUTAdvSeg(AdvSegModel):
             terms["NCE"] = weight * self.patch_nce(batch["real_A"], fakes.fake_B, fakes.flipped)
             if fakes.idt_B is not None:
                 terms["NCE_Y"] = weight * self.patch_nce(batch["real_B"], fakes.idt_B, fakes.flipped)
-        terms.update(self._map_generator_terms(fakes.fake_B_maps))
+        terms.update(self._map_generator_terms(fakes.fake_B_maps, terms["G_GAN"]))
         return self._with_total(terms)
 
     def discriminator_losses(self, batch: Batch, fakes: CUTFakes | None = None) -> dict[str, Tensor]:

@@ -16,7 +16,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from advseg_cli.models.advseg import MODELS
+from advseg_cli.models.advseg import MODELS, uses_segmenter
 
 SEARCH_LIMIT = 4096  # largest crop size proposed as a valid neighbour
 
@@ -28,7 +28,7 @@ class _FrozenNetworkPlaceholder:
 def build_meta_networks(model: str, model_config: Any) -> list[tuple[str, nn.Module]]:
     """The model's generators and discriminators, on the meta device, in training mode, by name."""
     model_type = MODELS[model][1]
-    seg = _FrozenNetworkPlaceholder() if model_config.advseg != "none" else None
+    seg = _FrozenNetworkPlaceholder() if uses_segmenter(model_config) else None
     frozen = (_FrozenNetworkPlaceholder(),) if model_type.uses_perceptual else ()
     with torch.device("meta"), warnings.catch_warnings():
         warnings.simplefilter("ignore")

@@ -34,7 +34,7 @@ from advseg_cli.errors import (AdvsegError, IncompatibleInputError, TrainingDive
 from advseg_cli.files import sha256_file, write_bytes_atomic
 from advseg_cli.images import write_png
 from advseg_cli.interrupts import StageInterrupted, StopAtStepBoundary, same_command
-from advseg_cli.models.advseg import MODELS, AdvSegModel, build_model, model_config
+from advseg_cli.models.advseg import MODELS, AdvSegModel, build_model, model_config, uses_segmenter
 from advseg_cli.progress import progress
 from advseg_cli.runrecord import FOLDER_RECORD_NAME, RunRecord, read_record, record_path_for
 from advseg_cli.training.checkpoint import (
@@ -101,11 +101,11 @@ class TrainConfig:
                               "--crop-size")
         if self.resume and self.init_from is not None:
             raise AdvsegError("--resume continues a run, --init-from starts a new one from weights: pick one")
-        advseg = self.model_options.get("advseg", "none")
-        if advseg != "none" and self.segcache is None:
-            raise AdvsegError(f"--advseg {advseg} needs the photos' label maps: pass --segcache "
-                              "(made with `advseg segcache PHOTOS OUT.h5`)")
         resolved = model_config(self.model, **self.model_options)  # validates the model options
+        if uses_segmenter(resolved) and self.segcache is None:
+            wanted = f"--advseg {resolved.advseg}" if resolved.advseg != "none" else "--seg-consistency"
+            raise AdvsegError(f"{wanted} needs the photos' label maps: pass --segcache "
+                              "(made with `advseg segcache PHOTOS OUT.h5`)")
         refusal = crop_size_refusal(self.model, resolved, self.crop_size, self.load_size, self.batch_size)
         if refusal:
             raise AdvsegError(refusal)
@@ -233,7 +233,7 @@ def weights_the_cache_was_made_with(segcache: Path, sha256: str) -> Path | None:
 
 def build_segmenter_for(config: TrainConfig, device: torch.device) -> Any:
     """The training Seg: the same backend/model/weights as the segcache, so real and fake maps agree."""
-    if config.model_options.get("advseg", "none") == "none":
+    if not uses_segmenter(model_config(config.model, **config.model_options)):
         return None
     from advseg_cli.segcache import SegmentationCache
     from advseg_cli.segmentation.base import build_segmenter, same_weights
@@ -586,6 +586,7 @@ class Trainer:
             model.data_dependent_initialize(batch)
             self._join_late_optimizers()
             self.first_batch_seen = True
+        model.set_step(self.position.step)
         with autocast(device, precision):
             fakes = model.translate(batch)
         if model.discriminators_first:
@@ -598,7 +599,7 @@ class Trainer:
         terms = {f"loss/{k}": v.detach() for k, v in g.items() if k != "total"}
         terms.update({f"loss/{k}": v.detach() for k, v in d.items() if k != "total"})
         terms["loss/G_total"], terms["loss/D_total"] = g["total"].detach(), d["total"].detach()
-        return {**terms, **measured}
+        return {**terms, **measured, **model.step_statistics()}
 
     def _update_generators(self, batch: dict[str, Any], fakes: Any) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
         """The generator losses, their backward and the step of opt_G (and of the late optimizers)."""
@@ -606,8 +607,10 @@ class Trainer:
         with autocast(self.device, self.config.precision):
             g = model.generator_losses(batch, fakes)
         measured = {}
-        if self.config.log_seg_grad_norm and model.seg_kinds and (self.position.step + 1) % self.config.log_every == 0:
-            measured["grad/G_seg_norm"] = segmentation_gradient_norm(model, g)
+        if self.config.log_seg_grad_norm and (self.position.step + 1) % self.config.log_every == 0:
+            measured.update(term_gradient_norms(model, g))
+            if model.seg_kinds:
+                measured["grad/G_seg_norm"] = segmentation_gradient_norm(model, g)
         optimizers = [self.opt_G, *self.late_optimizers.values()]
         for optimizer in optimizers:
             optimizer.zero_grad(set_to_none=True)
@@ -777,6 +780,27 @@ class PlanAnnouncer:
             click.echo(f"train {config.name}: this run would take about {format_duration(left)} on this CPU; "
                        "shrink it with --max-steps, --crop-size/--load-size, --ngf/--ndf or --epochs/--epochs-decay, "
                        "or train on a GPU (--device cuda)", err=True)
+
+
+def term_gradient_norms(model: AdvSegModel, generator_terms: dict[str, Tensor]) -> dict[str, Tensor]:
+    """``grad/G_<term>_norm``: the L2 norm of each weighted generator term's gradient on the photo generator.
+
+    Shows the balance of the terms (GAN, L1 / cycle / identity / NCE, each segmentation term) that their
+    loss values cannot: a term of small value can dominate the update, and a constant one does nothing.
+    """
+    parameters = [p for p in model.photo_generator.parameters() if p.requires_grad]
+    norms = {}
+    for name, term in generator_terms.items():
+        if name == "total":
+            continue
+        if not term.requires_grad:
+            norms[f"grad/G_{name}_norm"] = torch.zeros((), device=parameters[0].device)
+            continue
+        grads = torch.autograd.grad(term.float(), parameters, retain_graph=True, allow_unused=True)
+        squares = [(grad.float() ** 2).sum() for grad in grads if grad is not None]
+        norms[f"grad/G_{name}_norm"] = (torch.stack(squares).sum().sqrt().detach() if squares
+                                        else torch.zeros((), device=parameters[0].device))
+    return norms
 
 
 def segmentation_gradient_norm(model: AdvSegModel, generator_terms: dict[str, Tensor]) -> Tensor:

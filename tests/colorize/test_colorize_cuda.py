@@ -6,12 +6,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 
 from advseg_cli.colorize import ColorizeConfig, colorize_folder
 from tests.colorize.kit import NAMES, result_of
 
-pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+pytestmark = pytest.mark.gpu  # skipped without CUDA (tests/conftest.py)
 
 
 def test_cuda_matches_the_cpu_and_half_precisions_stay_close(public_resnet: Path, sketches: Path,

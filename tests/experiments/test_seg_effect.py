@@ -16,7 +16,7 @@ from click.testing import CliRunner
 from PIL import Image
 
 from advseg_cli.cli import main
-from advseg_cli.experiments.seg_effect import METRICS, MODES, PRESETS, mean_and_spread
+from advseg_cli.experiments.seg_effect import BASE_MODES, METRICS, MODES, PRESETS, VARIANT_MODES, mean_and_spread
 from tests.helpers import requires_hed_weights
 
 QUICK = PRESETS["quick"]
@@ -35,7 +35,7 @@ def quick_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict, str
 def test_every_run_is_scored_at_every_evaluation_step(quick_run: tuple[Path, dict, str]) -> None:
     out, results, printed = quick_run
     rows = results["rows"]
-    expected = {(m, mode, s, step) for m in QUICK.models for mode in MODES for s in QUICK.seeds
+    expected = {(m, mode, s, step) for m in QUICK.models for mode in QUICK.modes for s in QUICK.seeds
                 for step in QUICK.eval_steps_for(m)}
     assert {(r["model"], r["mode"], r["seed"], r["step"]) for r in rows} == expected
     assert all(len(QUICK.eval_steps_for(m)) >= 2 for m in QUICK.models)  # the plots have a curve, not a point
@@ -146,7 +146,7 @@ def test_differences_are_paired_by_seed_against_none_at_the_last_step(quick_run:
     """Every non-baseline mode and metric has its paired difference, recomputed here from the rows."""
     _, results, printed = quick_run
     rows = results["rows"]
-    expected = {(m, mode, metric) for m in QUICK.models for mode in MODES if mode != "none"
+    expected = {(m, mode, metric) for m in QUICK.models for mode in QUICK.modes if mode != "none"
                 for metric in ("miou", "mae", "frechet")}
     assert {(d["model"], d["mode"], d["metric"]) for d in results["differences"]} == expected
     for d in results["differences"]:
@@ -181,11 +181,50 @@ def test_the_grid_shows_the_same_sketches_for_every_mode(quick_run: tuple[Path, 
         with Image.open(out / "plots" / f"grid_{model}.png") as image:
             grid = np.asarray(image.convert("RGB"))
         rows = min(QUICK.world_test, 8)
-        assert grid.shape == (rows * side, (3 + len(MODES)) * side, 3)
+        assert grid.shape == (rows * side, (3 + len(QUICK.modes)) * side, 3)
         last = QUICK.eval_steps_for(model)[-1]
         first = out / "colorized" / f"{model}-soft-s{QUICK.seeds[0]}" / f"step_{last:07d}"
         name = sorted(p.name for p in first.glob("*.png"))[0]
         with Image.open(first / name) as result:
             expected = np.asarray(result.convert("RGB").resize((side, side), Image.NEAREST))
-        column = 3 + list(MODES).index("soft")
+        column = 3 + list(QUICK.modes).index("soft")
         assert np.array_equal(grid[:side, column * side:(column + 1) * side], expected)
+
+
+def test_the_presets_run_the_four_base_modes_and_every_variant_is_a_mode() -> None:
+    assert all(preset.modes == BASE_MODES for preset in PRESETS.values())
+    assert set(VARIANT_MODES) == set(MODES) - set(BASE_MODES) and "consistency" in VARIANT_MODES
+
+
+def test_a_paired_only_variant_with_an_unpaired_model_is_refused_before_any_work(tmp_path: Path) -> None:
+    result = CliRunner().invoke(main, ["experiment", "seg-effect", str(tmp_path / "x"), "--quick", "--models",
+                                       "cyclegan,pix2pix", "--modes", "none,consistency"])
+    assert result.exit_code == 2 and "--modes consistency" in result.output and "pix2pix" in result.output
+    assert not (tmp_path / "x").exists() and len(result.output.strip().splitlines()) == 1
+
+
+@requires_hed_weights
+def test_variant_modes_are_scored_against_the_same_none_runs(quick_run: tuple[Path, dict, str],
+                                                             tmp_path: Path) -> None:
+    """--modes none,consistency,soft-all on a copy of the finished quick run: none is reused, not retrained,
+    the variants are paired with it, and every generator term's gradient norm is recorded per row."""
+    import shutil
+
+    out, before, _ = quick_run
+    copy = tmp_path / "variants"
+    shutil.copytree(out, copy)
+    result = CliRunner().invoke(main, ["experiment", "seg-effect", str(copy), "--quick", "--device", "cpu", "--quiet",
+                                       "--models", "pix2pix", "--modes", "none,consistency,soft-all"])
+    assert result.exit_code == 0, result.output
+    results = json.loads((copy / "results.json").read_text())
+    none_before = [r for r in before["rows"] if r["model"] == "pix2pix" and r["mode"] == "none"]
+    assert [r for r in results["rows"] if r["mode"] == "none"] == none_before  # reused
+    by_mode = {mode: [r for r in results["rows"] if r["mode"] == mode] for mode in ("consistency", "soft-all")}
+    assert all(len(rows) == len(QUICK.seeds) * len(QUICK.eval_steps_for("pix2pix")) for rows in by_mode.values())
+    for row in by_mode["consistency"]:
+        assert row["seg_grad_norm"] is None and row["term_grad_norms"]["G_SegCE"] > 0
+        assert set(row["term_grad_norms"]) == {"G_GAN", "G_L1", "G_SegCE"}
+    for row in by_mode["soft-all"]:
+        assert row["term_grad_norms"]["G_M"] > 0 and row["term_grad_norms"]["G_GAN"] > 0
+    differences = {(d["mode"], d["metric"]) for d in results["differences"]}
+    assert {("consistency", "miou"), ("soft-all", "miou")} <= differences

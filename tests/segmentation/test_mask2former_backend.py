@@ -247,7 +247,6 @@ def test_weights_that_do_not_fit_are_refused(tmp_path: Path, tiny_mask2former_di
 
 
 @pytest.mark.gpu
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 def test_cuda_results_match_cpu(tiny_mask2former_dir: Path, images) -> None:
     cpu = build_segmenter("mask2former", tiny_mask2former_dir, torch.device("cpu"))
     cuda = build_segmenter("mask2former", tiny_mask2former_dir, torch.device("cuda"))

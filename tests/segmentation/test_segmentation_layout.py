@@ -138,7 +138,7 @@ def test_uint8_photos_become_model_range_in_either_layout() -> None:
 
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.gpu
 def test_binary_maps_of_cuda_tensors_equal_the_cpu_ones_and_stay_on_the_gpu() -> None:
     """The thing / stuff masks must be made on the maps' device (a CPU mask cannot index a CUDA tensor)."""
     from advseg_cli.segmentation.maps import binary_from_labels, binary_from_probs

@@ -109,7 +109,6 @@ def test_rng_states_restore_the_global_generator() -> None:
 
 
 @pytest.mark.gpu
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 def test_rng_states_of_a_cuda_run_restore_the_cuda_generator_too() -> None:
     device = torch.device("cuda", torch.cuda.current_device())
     torch.manual_seed(11)

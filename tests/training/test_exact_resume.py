@@ -14,6 +14,7 @@ ended.
 
 from __future__ import annotations
 
+import csv
 import dataclasses
 from pathlib import Path
 from typing import Any
@@ -109,3 +110,26 @@ def test_resume_is_exact_with_the_segmentation_discriminators(data: Path, shapes
     assert any(name.startswith("D_") and name != "D_A" and name != "D_B" for name in
                {key.split(".")[0] for key in a["model"]})  # the map discriminators are in the comparison
     assert_same_tree(a, b)
+
+
+@pytest.mark.parametrize(("model", "variants"), [
+    ("pix2pix", {"seg_real": "soft", "seg_augment": "translation,cutout,color", "seg_warmup": 5,
+                 "seg_consistency": 1.0}),
+    ("cyclegan", {"seg_augment": "translation,cutout", "seg_balance": 0.5, "seg_warmup": 4}),
+])
+def test_resume_is_exact_with_the_segmentation_variants(data: Path, shapes_segcache: tuple[Path, Path],
+                                                       tmp_path: Path, model: str, variants: dict[str, Any]) -> None:
+    """The warm-up reads the step the resume restores, and the augmentations draw from the saved RNG."""
+    weights, cache = shapes_segcache
+    config = tiny_config(data, tmp_path, model=model, segcache=cache, seg_weights=weights, **RESUME_SETTINGS,
+                         log_seg_grad_norm=True,
+                         model_options={"dropout": True, "pool_size": 2, "advseg": "both", **variants})
+    a, b = straight_and_resumed(config, tmp_path)
+    assert_same_tree(a, b)
+    straight, resumed = (list(csv.DictReader(open(tmp_path / part / "run" / "metrics.csv", newline="")))
+                         for part in ("straight", "resumed"))
+    gan_term = "G_GAN" if model == "pix2pix" else "G_A"
+    assert {"weight/seg", "grad/G_G_M_norm", f"grad/G_{gan_term}_norm", "grad/G_seg_norm"} <= set(straight[0])
+    seg_weights = [float(row["weight/seg"]) for row in straight]
+    assert seg_weights[0] == 0.0 and seg_weights[-1] > 0  # the warm-up starts at 0 and rises
+    assert [row["weight/seg"] for row in resumed] == [row["weight/seg"] for row in straight]

@@ -7,13 +7,12 @@ import math
 from pathlib import Path
 
 import pytest
-import torch
 
 from advseg_cli.training.loop import train
 from tests.helpers import write_vgg16_weights
 from tests.training.test_training import losses, make_dataset, tiny_config
 
-pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+pytestmark = pytest.mark.gpu  # skipped without CUDA (tests/conftest.py)
 
 
 @pytest.fixture(scope="module")
