@@ -108,9 +108,9 @@ def test_mutation_testing_without_mutmut(tmp_path: Path) -> None:
     assert mutation_work() == before, "the tree was copied to .mutation/ before the refusal"
 
 
+@pytest.mark.skipif(importlib.util.find_spec("gradio") is None,
+                    reason="the browser test skips for gradio first here; its selenium skip needs gradio installed")
 def test_the_browser_test_without_selenium_is_skipped_with_the_fix(tmp_path: Path) -> None:
-    if importlib.util.find_spec("gradio") is None:
-        pytest.skip("the browser test skips for gradio first here; its selenium skip needs gradio installed")
     result = run_without("selenium", "pytest", "-q", "-rs", "-p", "no:cacheprovider",
                          "tests/serve/test_serve_page.py", outputs=tmp_path)
     # a module skipped at import collects nothing: pytest's exit status 5, not a failure (1) or error (2+)

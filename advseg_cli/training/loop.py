@@ -782,6 +782,16 @@ class PlanAnnouncer:
                        "or train on a GPU (--device cuda)", err=True)
 
 
+def gradient_norm_on(term: Tensor, parameters: list[torch.nn.Parameter]) -> Tensor:
+    """L2 norm of d term / d parameters on this step's graph (kept for the real backward); 0 when unreachable."""
+    zero = torch.zeros((), device=parameters[0].device)
+    if not term.requires_grad:
+        return zero
+    grads = torch.autograd.grad(term.float(), parameters, retain_graph=True, allow_unused=True)
+    squares = [(grad.float() ** 2).sum() for grad in grads if grad is not None]
+    return torch.stack(squares).sum().sqrt().detach() if squares else zero
+
+
 def term_gradient_norms(model: AdvSegModel, generator_terms: dict[str, Tensor]) -> dict[str, Tensor]:
     """``grad/G_<term>_norm``: the L2 norm of each weighted generator term's gradient on the photo generator.
 
@@ -789,18 +799,8 @@ def term_gradient_norms(model: AdvSegModel, generator_terms: dict[str, Tensor]) 
     loss values cannot: a term of small value can dominate the update, and a constant one does nothing.
     """
     parameters = [p for p in model.photo_generator.parameters() if p.requires_grad]
-    norms = {}
-    for name, term in generator_terms.items():
-        if name == "total":
-            continue
-        if not term.requires_grad:
-            norms[f"grad/G_{name}_norm"] = torch.zeros((), device=parameters[0].device)
-            continue
-        grads = torch.autograd.grad(term.float(), parameters, retain_graph=True, allow_unused=True)
-        squares = [(grad.float() ** 2).sum() for grad in grads if grad is not None]
-        norms[f"grad/G_{name}_norm"] = (torch.stack(squares).sum().sqrt().detach() if squares
-                                        else torch.zeros((), device=parameters[0].device))
-    return norms
+    return {f"grad/G_{name}_norm": gradient_norm_on(term, parameters)
+            for name, term in generator_terms.items() if name != "total"}
 
 
 def segmentation_gradient_norm(model: AdvSegModel, generator_terms: dict[str, Tensor]) -> Tensor:
@@ -811,12 +811,9 @@ def segmentation_gradient_norm(model: AdvSegModel, generator_terms: dict[str, Te
     """
     seg_terms = [term for name, term in generator_terms.items() if name in ("G_M", "G_Bin")]
     parameters = [p for p in model.photo_generator.parameters() if p.requires_grad]
-    if not seg_terms or not any(term.requires_grad for term in seg_terms):
+    if not seg_terms:
         return torch.zeros((), device=parameters[0].device)
-    total = torch.stack([term.float() for term in seg_terms]).sum()
-    grads = torch.autograd.grad(total, parameters, retain_graph=True, allow_unused=True)
-    squares = [(grad.float() ** 2).sum() for grad in grads if grad is not None]
-    return torch.stack(squares).sum().sqrt().detach() if squares else torch.zeros((), device=parameters[0].device)
+    return gradient_norm_on(torch.stack([term.float() for term in seg_terms]).sum(), parameters)
 
 
 class TrainingInterrupted(StageInterrupted):

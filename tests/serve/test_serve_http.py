@@ -14,7 +14,6 @@ import signal
 import subprocess
 import sys
 import time
-import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,7 +26,7 @@ from advseg_cli.images import decode_rgb
 from advseg_cli.optional import install_hint
 from tests.colorize.kit import save_public, tiny_generator
 from tests.helpers import REPO
-from tests.serve.kit import huge_png
+from tests.serve.kit import answers, free_port, huge_png
 from tests.untrusted_images import ACCEPTED, LIMITS, REFUSED, sketch_array
 
 pytest.importorskip("gradio", reason=f"advseg serve needs {install_hint('gradio')}")
@@ -53,22 +52,6 @@ class Server:
     def watched(self) -> dict[str, Path]:
         """Folders the server must leave as they were (TMPDIR may only hold its advseg-serve-* folder)."""
         return {name: self.root / name for name in ("cwd", "home", "tmp")}
-
-
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
-def answers(url: str) -> bool:
-    try:
-        with urllib.request.urlopen(url, timeout=5) as response:
-            return response.status == 200
-    except OSError:
-        return False
 
 
 @pytest.fixture(scope="module")

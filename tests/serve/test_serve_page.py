@@ -25,7 +25,7 @@ from advseg_cli.export import ExportConfig, export_model
 from advseg_cli.optional import install_hint
 from tests.colorize.kit import CPU, result_of, save_public, tiny_generator, write_sketches
 from tests.helpers import REPO
-from tests.serve.kit import huge_png
+from tests.serve.kit import answers, free_port, huge_png
 
 pytest.importorskip("gradio", reason=f"advseg serve needs {install_hint('gradio')}")
 webdriver = pytest.importorskip("selenium.webdriver", reason=f"the browser test needs {install_hint('selenium')}")
@@ -39,12 +39,6 @@ pytestmark = pytest.mark.skipif(CHROMIUM is None or CHROMEDRIVER is None,
                                        "(apt-get install chromium chromium-driver)")
 SIZE = 64  # the page's network side (--size), also colorize's
 SCREENSHOT = os.environ.get("ADVSEG_SERVE_SCREENSHOT")  # also save the page here (docs/images/serve_page.png)
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 @pytest.fixture(scope="module")
@@ -77,14 +71,6 @@ def server(files: dict[str, Path]) -> Iterator[str]:
         process.terminate()
         process.wait(30)
         log.close()
-
-
-def answers(url: str) -> bool:
-    try:
-        with urllib.request.urlopen(url, timeout=5) as response:
-            return response.status == 200
-    except OSError:
-        return False
 
 
 @pytest.fixture(scope="module")
