@@ -167,6 +167,22 @@ def main_process_first(ddp: Distributed) -> Iterator[None]:
             dist.barrier()
 
 
+def leave_process_group(synchronise: bool) -> None:
+    """Leave torchrun's process group before the process exits.
+
+    A rank that exits still holding its gloo group can abort in the group's threads ("terminate called
+    without an active exception", SIGABRT) while another rank is still finishing its last step, and
+    torchrun then reports the finished job as failed. ``synchronise`` waits for every rank first; it is
+    only safe when all of them reach this point (an agreed end or an agreed stop), not after an error
+    or a second signal on one rank.
+    """
+    if not dist.is_available() or not dist.is_initialized():
+        return
+    if synchronise:
+        dist.barrier()
+    dist.destroy_process_group()
+
+
 def average_gradients(parameters: list[torch.nn.Parameter], world: int) -> None:
     """All-reduce the gradients (one flat buffer), as DistributedDataParallel does after backward.
 
@@ -866,13 +882,17 @@ def train(config: TrainConfig) -> TrainSummary:
     """
     record = RunRecord("train", config.to_json())
     trainer: Trainer | None = None
+    agreed = False  # whether every rank ends here at the same step (then they can wait for each other)
     try:
         trainer = Trainer(config)
         if trainer.position.step >= trainer.planned_steps:  # a resumed run that had already ended
+            agreed = True
             return TrainSummary(config.run_dir, trainer.position.step, trainer.position.epoch, {}, True)
         _record_start(record, config, trainer)
         summary = trainer.run()
+        agreed = True
     except TrainingInterrupted:
+        agreed = True  # the ranks stop after the same step (Trainer._stop_agreed)
         _record_interruption(record, config, trainer)
         raise
     except KeyboardInterrupt:  # a second signal, or one before the first step: no checkpoint of this moment
@@ -880,6 +900,8 @@ def train(config: TrainConfig) -> TrainSummary:
         latest = config.run_dir / "checkpoints" / "latest.pt"
         advice = resume_command(config, trainer.ddp.world if trainer else 1) if latest.exists() else same_command()
         raise TrainingInterrupted(f"interrupted before the end of a step; continue with: {advice}") from None
+    finally:
+        leave_process_group(synchronise=agreed)
     if trainer.ddp.is_main:
         planned = trainer.planned_steps
         record.counts = {"steps": summary.steps, "planned_steps": planned, "epoch": summary.epoch}
