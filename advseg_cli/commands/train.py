@@ -138,6 +138,9 @@ def _default_workers() -> int:
               help="Log the gradient norm of every generator term on the photo generator (grad/G_<term>_norm, and "
                    "grad/G_seg_norm for the segmentation terms together) at each metric row; one extra backward per "
                    "term then (0 exactly for a term without gradient, e.g. --seg-grad compat).")
+@click.option("--grad-norm-every", type=click.IntRange(min=0), default=0,
+              help="Steps between the --log-seg-grad-norm measurements (default 0: at every metric row); each costs "
+                   "a backward per term, and training is the same whatever the interval.")
 @click.option("--sample-every", type=click.IntRange(min=1), default=500, show_default=True,
               help="Steps between sample grids in samples/.")
 @click.option("--save-every", type=click.IntRange(min=1), default=1000, show_default=True,
@@ -231,8 +234,8 @@ def _fill_schedule_defaults(options: dict[str, Any]) -> None:
 
 
 _PATH_FIELDS = ("sketches", "photos", "runs_dir", "segcache", "seg_weights", "perceptual_weights", "init_from")
-_RESUME_MAY_CHANGE = ("max_steps", "workers", "device", "quiet", "log_every", "log_seg_grad_norm", "sample_every", "save_every",
-                      "save_epoch_every", "compile_", "channels_last")
+_RESUME_MAY_CHANGE = ("max_steps", "workers", "device", "quiet", "log_every", "log_seg_grad_norm", "grad_norm_every",
+                      "sample_every", "save_every", "save_epoch_every", "compile_", "channels_last")
 
 
 def _resumed_config(data: Path | None, options: dict[str, Any], given: set[str]) -> Any:

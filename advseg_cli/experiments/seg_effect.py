@@ -95,6 +95,9 @@ class Preset:
     #                                            sets beyond the public defaults (recorded, see docs/evidence.md)
 
     model_steps: dict[str, int] = dataclasses.field(default_factory=dict)  # model -> its steps, where not ``steps``
+    grad_norm_every: int = 0  # steps between the gradient-norm measurements (0: every metric row); each costs a
+    #                           backward per generator term (a fifth of a Pix2Pix step at every 10th), and the
+    #                           training is the same whatever the interval
 
     def steps_for(self, model: str) -> int:
         """Training steps of a model's runs (unpaired models may need more than paired ones)."""
@@ -122,7 +125,7 @@ PRESETS: dict[str, Preset] = {
     "default": Preset("default", world_train=300, world_test=100, world_size=128, seg_photos=800, seg_epochs=8, seg_batch=16,
                       models=("cyclegan", "pix2pix"), modes=BASE_MODES, seeds=(0, 1, 2, 3, 4), steps=5000,
                       evaluations=5, load_size=72, crop_size=64, ngf=16, ndf=16, model_steps={"cyclegan": 12000},
-                      model_options={"pix2pix": {"norm": "instance"}}),
+                      model_options={"pix2pix": {"norm": "instance"}}, grad_norm_every=100),
     # A GPU machine: larger photos, wider networks, more steps.
     "gpu": Preset("gpu", world_train=1000, world_test=200, world_size=128, seg_photos=800, seg_epochs=8, seg_batch=16,
                   models=("cyclegan", "pix2pix"), modes=BASE_MODES, seeds=(0, 1, 2), steps=20000,
@@ -267,7 +270,7 @@ def _train_config(world: Path, runs: Path, seg_weights: Path, preset: Preset, mo
         seg_weights=seg_weights if uses_seg else None, load_size=preset.load_size, crop_size=preset.crop_size,
         epochs=epochs, epochs_decay=epochs_in_total - epochs, seed=seed, device=device, batch_size=preset.batch_size,
         workers=0, max_steps=max_steps, log_every=max(1, min(10, preset.steps_for(model) // 4)), log_seg_grad_norm=True,
-        sample_every=10**9, save_every=max_steps, resume=resume, quiet=True)
+        grad_norm_every=preset.grad_norm_every, sample_every=10**9, save_every=max_steps, resume=resume, quiet=True)
 
 
 def _colorized(scorer: Scorer, folder: Path) -> np.ndarray:

@@ -341,8 +341,19 @@ class AdvSegModel(nn.Module):
         for kind in self.seg_kinds:
             net = define_discriminator(conditioning_channels + _SEG_CHANNELS[kind], config.ndf, config.n_layers_d,
                                        config.norm)
+            if kind == "multi":
+                self._skip_empty_map_channels(net, conditioning_channels)
             setattr(self, self._seg_discriminator_name(kind), init_weights(net, config.init_type, config.init_gain))
             self._add_pool(f"seg_{kind}", POOL_DTYPES[config.seg_pool_dtype])
+
+    def _skip_empty_map_channels(self, net: nn.Module, conditioning_channels: int) -> None:
+        """D_M's first layer skips the map channels that are zero (exact but for rounding; see
+        ``NLayerDiscriminator.channels_to_keep``); the ones this Seg can never fill also in G's step."""
+        net.skip_zero_channels = True
+        used = self.seg.map_channels() if hasattr(self.seg, "map_channels") else None  # (geometry's stand-in has none)
+        if used is not None:
+            net.static_channels = torch.cat([torch.arange(conditioning_channels),
+                                             conditioning_channels + used.cpu().long()])
 
     def _add_pool(self, name: str, storage_dtype: torch.dtype | None = None) -> None:
         # Each pool draws from its own stream: the seed mixes a stable hash of the pool's name.

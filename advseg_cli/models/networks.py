@@ -22,6 +22,7 @@ from collections.abc import Callable, Iterable
 
 import torch
 from torch import Tensor, nn
+from torch.nn import functional as F
 
 from advseg_cli.errors import AdvsegError, WeightsMismatchError
 
@@ -243,9 +244,42 @@ class NLayerDiscriminator(nn.Module):
                    nn.Conv2d(ndf * mult, 1, 4, stride=1, padding=1)]
         self.model = nn.Sequential(*layers)
         self.n_layers = n_layers
+        self.skip_zero_channels = False  # D_M: its 135 map channels are mostly zeros (see forward)
+        self.static_channels: Tensor | None = None  # input channels that can be non-zero, when known
 
     def forward(self, images: Tensor) -> Tensor:  # [N,in_ch,H,W] -> [N,1,H',W'] logits
-        return self.model(images)
+        keep = self.channels_to_keep(images) if self.skip_zero_channels else None
+        if keep is None:
+            return self.model(images)
+        first = self.model[0]
+        out = F.conv2d(images.index_select(1, keep), first.weight.index_select(1, keep), first.bias,
+                       first.stride, first.padding)
+        for layer in self.model[1:]:
+            out = layer(out)
+        return out
+
+    def channels_to_keep(self, images: Tensor) -> Tensor | None:
+        """The input channels the first convolution needs, or None for all.
+
+        A channel that is zero everywhere adds exactly nothing to the first layer's output and gets an
+        exactly zero weight gradient, so dropping it changes only the order of the remaining sums (the
+        output moves by float rounding, ~1e-7 relative). A one-hot map of a photo with a few classes
+        of 135 is mostly such channels, and the first layer holds most of D_M's arithmetic.
+        Without a gradient to the input, the zero channels are found in the data (NaN counts as
+        non-zero); with one, a dropped channel's input gradient would be lost, so only the channels
+        the segmenter can never fill (``static_channels``) are dropped.
+        """
+        if images.is_meta:  # the size check (training.geometry) runs on shapes alone
+            return None
+        if images.requires_grad:
+            keep = self.static_channels
+        else:
+            keep = images.ne(0).any(3).any(2).any(0).nonzero().flatten()
+        if keep is None or keep.numel() == images.shape[1]:
+            return None
+        if keep.numel() == 0:  # an all-zero input: one (zero) channel keeps the convolution well-formed
+            keep = keep.new_zeros(1)
+        return keep.to(images.device)
 
 
 def patchgan_receptive_field(n_layers: int = 3) -> int:

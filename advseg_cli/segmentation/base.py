@@ -80,6 +80,15 @@ class Segmenter(torch.nn.Module):
         """[N,3,H,W] RGB in [-1,1] -> [N,135,H,W] class probabilities, differentiable w.r.t. images."""
         raise NotImplementedError
 
+    def map_channels(self) -> Tensor | None:
+        """The 135-layout channels this network's maps can fill (ascending), or None for all of them.
+
+        A backend that knows only some classes (the shapes world's nine) returns their ids: its
+        probability maps are exactly zero elsewhere and gradients there go nowhere, so D_M can skip
+        those input channels in the generator's step too (``NLayerDiscriminator.static_channels``).
+        """
+        return None
+
     def hard_and_soft(self, images: Tensor) -> tuple[Tensor, Tensor]:
         """Both maps of one batch: [N,H,W] uint8 labels (no gradient) and [N,135,H,W] probabilities
         (differentiable). Backends whose labels come from the same forward override this to run once."""

@@ -77,6 +77,8 @@ class TrainConfig:
     log_every: int = 10  # steps between metric rows (and NaN checks)
     log_seg_grad_norm: bool = False  # at each metric row, the norm of the segmentation terms' gradient on the
     #                                  photo generator (one extra backward; 0 exactly when no gradient reaches it)
+    grad_norm_every: int = 0  # steps between those measurements (0: at every metric row); they cost a backward
+    #                           per term, and training is the same whatever the interval
     sample_every: int = 500  # steps between sample grids
     save_every: int = 1000  # steps between latest.pt saves
     save_epoch_every: int = 5  # epochs between epoch_NNN.pt snapshots
@@ -99,6 +101,10 @@ class TrainConfig:
             raise AdvsegError(f"--crop-size {self.crop_size} is larger than --load-size {self.load_size}: the crop is "
                               f"taken from the resized photo; use --load-size {self.crop_size} or more, or a smaller "
                               "--crop-size")
+        if self.grad_norm_every < 0:
+            raise AdvsegError(f"--grad-norm-every {self.grad_norm_every}: use 0 (every metric row) or a number of steps")
+        if self.grad_norm_every and not self.log_seg_grad_norm:
+            raise AdvsegError("--grad-norm-every sets how often --log-seg-grad-norm measures: add --log-seg-grad-norm")
         if self.resume and self.init_from is not None:
             raise AdvsegError("--resume continues a run, --init-from starts a new one from weights: pick one")
         resolved = model_config(self.model, **self.model_options)  # validates the model options
@@ -361,8 +367,9 @@ class RunFolder:
         path = self.root / "metrics.csv"
         row = {"step": step, "epoch": epoch, **{k: f"{v:.8g}" for k, v in values.items()}}
         if self._csv_columns is None:
-            self._csv_columns = list(row)
-            if not path.exists():
+            self._csv_columns = self._existing_columns(path)  # a resumed run keeps its file's columns
+            if self._csv_columns is None:
+                self._csv_columns = list(row)
                 with open(path, "w", newline="") as handle:
                     csv.writer(handle).writerow(self._csv_columns)
         with open(path, "a", newline="") as handle:
@@ -372,6 +379,13 @@ class RunFolder:
             for key, value in values.items():
                 writer.add_scalar(key, value, step)
             writer.flush()
+
+    @staticmethod
+    def _existing_columns(path: Path) -> list[str] | None:
+        if not path.exists():
+            return None
+        with open(path, newline="") as handle:
+            return next(csv.reader(handle), None)
 
     def _tensorboard_writer(self) -> Any:
         if self._tensorboard is None:
@@ -623,7 +637,8 @@ class Trainer:
         with autocast(self.device, self.config.precision):
             g = model.generator_losses(batch, fakes)
         measured = {}
-        if self.config.log_seg_grad_norm and (self.position.step + 1) % self.config.log_every == 0:
+        step = self.position.step  # also at a run's first step: metrics.csv takes its columns from the first row
+        if self.config.log_seg_grad_norm and (step == 0 or (step + 1) % self._grad_norm_interval == 0):
             measured.update(term_gradient_norms(model, g))
             if model.seg_kinds:
                 measured["grad/G_seg_norm"] = segmentation_gradient_norm(model, g)
@@ -636,6 +651,10 @@ class Trainer:
         for optimizer in optimizers:
             self.scaler.step(optimizer)
         return g, measured
+
+    @property
+    def _grad_norm_interval(self) -> int:
+        return self.config.grad_norm_every or self.config.log_every
 
     def _update_discriminators(self, batch: dict[str, Any], fakes: Any) -> dict[str, Tensor]:
         """The discriminator losses (detached, pooled fakes), their backward and the step of opt_D."""

@@ -212,6 +212,10 @@ class ShapesSegmenter(Segmenter):
         check_images(images)
         return world_logits(self.network, images.to(self.device, torch.float32))
 
+    def map_channels(self) -> Tensor:
+        """The world's nine class ids: ``scatter_to_layout`` leaves every other channel at zero."""
+        return self.lut.sort().values
+
     def scatter_to_layout(self, world_probs: Tensor) -> Tensor:
         """[N,9,H,W] -> [N,135,H,W] with the nine channels at their 135-layout ids, zeros elsewhere."""
         batch, _, height, width = world_probs.shape

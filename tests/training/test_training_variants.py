@@ -45,3 +45,43 @@ def test_the_command_refuses_a_variant_that_cannot_act_in_one_line(data: Path, t
     assert result.exit_code == 2, result.output
     assert message in result.output and len(result.output.strip().splitlines()) == 1
     assert not (tmp_path / "runs").exists()
+
+
+def test_gradient_norms_measured_every_nth_step_leave_the_training_as_it_was(
+        data: Path, shapes_segcache: tuple[Path, Path], tmp_path: Path) -> None:  # noqa: F811
+    """The measurement is extra backward passes on a retained graph: it must not change one weight, and
+    --grad-norm-every thins it to the steps it names (and the first, whose row sets metrics.csv's columns)."""
+    import csv
+
+    import torch
+
+    weights, cache = shapes_segcache
+    common = {"model": "pix2pix", "segcache": cache, "seg_weights": weights, "max_steps": 6, "log_seg_grad_norm": True,
+              "model_options": {"advseg": "both"}}
+    every_step = train(tiny_config(data, tmp_path / "a", **common)).run_dir
+    thinned = train(tiny_config(data, tmp_path / "b", grad_norm_every=3, **common)).run_dir
+    with open(thinned / "metrics.csv", newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    measured = [int(row["step"]) for row in rows if row.get("grad/G_seg_norm")]
+    assert measured == [1, 3, 6] and len(rows) == 6
+    with open(every_step / "metrics.csv", newline="") as handle:
+        assert all(row.get("grad/G_seg_norm") for row in csv.DictReader(handle))
+    # a resumed session whose first row has no measurement keeps the file's columns
+    first_session = train(tiny_config(data, tmp_path / "c", grad_norm_every=3, **{**common, "max_steps": 4}))
+    resumed = train(tiny_config(data, tmp_path / "c", grad_norm_every=3, resume=True, **common)).run_dir
+    assert first_session.run_dir == resumed
+    with open(resumed / "metrics.csv", newline="") as handle:
+        again = list(csv.DictReader(handle))
+    columns = [key for key in rows[0] if key.startswith(("loss/", "grad/")) or key == "step"]
+    assert [[row[key] for key in columns] for row in again] == [[row[key] for key in columns] for row in rows]
+    a = torch.load(every_step / "checkpoints" / "latest.pt", weights_only=True)["model"]
+    b = torch.load(thinned / "checkpoints" / "latest.pt", weights_only=True)["model"]
+    assert [name for name in a if not torch.equal(a[name], b[name])] == []
+
+
+def test_grad_norm_every_without_the_measurement_is_refused_in_one_line(data: Path, tmp_path: Path) -> None:  # noqa: F811
+    result = CliRunner().invoke(main, ["train", str(data), "--name", "v", "--runs-dir", str(tmp_path / "runs"),
+                                       "--grad-norm-every", "50"])
+    assert result.exit_code == 2, result.output
+    assert "add --log-seg-grad-norm" in result.output and len(result.output.strip().splitlines()) == 1
+    assert not (tmp_path / "runs").exists()
