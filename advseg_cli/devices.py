@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import sys
 from collections.abc import Iterator
 
 import torch
@@ -57,6 +58,27 @@ def check_precision(precision: str, device: torch.device) -> None:
         raise AdvsegError(f"--precision: unknown value {precision!r}; use one of {', '.join(PRECISIONS)}")
     if precision == "fp16" and device.type != "cuda":
         raise AdvsegError("--precision fp16 needs a CUDA device; use bf16 or fp32 on the CPU")
+    if precision == "bf16" and device.type == "cpu" and not cpu_has_bf16_convolutions():
+        warn_once(SLOW_BF16_WARNING)
+
+
+SLOW_BF16_WARNING = ("advseg: --precision bf16 on this CPU: it has no bf16 convolution kernels (oneDNN needs "
+                     "AVX-512 BF16 or AMX), so torch falls back to a convolution ~30x slower than fp32 "
+                     "(docs/benchmarks.md); fp32 is the fast choice here")
+_warned: set[str] = set()
+
+
+def cpu_has_bf16_convolutions() -> bool:
+    """Whether oneDNN runs bf16 convolutions on this CPU; without them autocast's bf16 convolutions take
+    torch's reference kernel (measured 30x slower than fp32 on an AVX2-only EPYC)."""
+    return bool(torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported())
+
+
+def warn_once(message: str) -> None:
+    """One line on stderr per process (a stage builds several networks; the user needs it once)."""
+    if message not in _warned:
+        _warned.add(message)
+        print(message, file=sys.stderr, flush=True)
 
 
 @contextlib.contextmanager

@@ -2,12 +2,16 @@
 
 Two trainers of the same configuration, seed and data, one with the lever and one without, take turns
 step by step (the same machine load for both); the CPU time of each step is taken (this process, all
-its threads). Reported: median CPU s/step of each and their ratio, per setting of ``profile_step.py``.
+its threads). Reported: mean CPU s/step of each and their ratio, per setting of ``profile_step.py``.
 
 Levers (each exact in fp32 but for the order of sums, see its test):
 
 * ``skip-map-channels``: D_M's first convolution skips input channels that are zero (a one-hot map of a
-  photo holds a few classes of 135; the shapes world's Seg fills nine), ``tests/models/test_map_channel_skipping.py``.
+  photo holds a few classes of 135; the shapes world's Seg fills nine), ``tests/models/test_map_channel_skipping.py``;
+* ``grad-norm-every-100``: the experiment's gradient-norm measurement (a backward per generator term) every
+  100 steps instead of at every metric row (10); training is unchanged, bit for bit
+  (``tests/training/test_training_variants.py::test_gradient_norms_measured_every_nth_step_...``);
+* ``all``: every lever against none of them (the step of the commit before them).
 
     python bench/bench_levers.py --threads 1 --steps 30
 """
@@ -15,10 +19,12 @@ Levers (each exact in fp32 but for the order of sums, see its test):
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import statistics
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -33,13 +39,27 @@ from bench.profile_step import CASES, Case, batches, build_trainer, make_dataset
 from bench.profile_step import shapes_segmenter_factory  # noqa: E402
 
 
-def without_map_channel_skipping(trainer: Any) -> None:
+def map_channel_skipping(trainer: Any, on: bool) -> None:
     d_m = getattr(trainer.model, "D_M", None)
     if d_m is not None:
-        d_m.skip_zero_channels = False
+        d_m.skip_zero_channels = on
 
 
-LEVERS = {"skip-map-channels": without_map_channel_skipping}
+def sparse_gradient_norms(trainer: Any, on: bool) -> None:
+    """The experiment's measurement every 100 steps (on) or at every metric row, every 10th (off)."""
+    trainer.config = dataclasses.replace(trainer.config, grad_norm_every=100 if on else 0)
+
+
+LEVERS: dict[str, Callable[[Any, bool], None]] = {"skip-map-channels": map_channel_skipping,
+                                                  "grad-norm-every-100": sparse_gradient_norms}
+
+
+def all_levers(trainer: Any, on: bool) -> None:
+    for lever in (map_channel_skipping, sparse_gradient_norms):
+        lever(trainer, on)
+
+
+LEVERS["all"] = all_levers
 
 
 def load_size(case: Case) -> int:
@@ -61,7 +81,8 @@ def compare(case: Case, lever: str, root: Path, steps: int, warmup: int) -> dict
                     "without": build_trainer(case, data, segcache, seg_folder, root / "runs-without", 10**6)}
     finally:
         loop_module.build_segmenter_for = original
-    LEVERS[lever](trainers["without"])
+    LEVERS[lever](trainers["with"], True)
+    LEVERS[lever](trainers["without"], False)
     sources = {name: batches(trainer) for name, trainer in trainers.items()}
     seconds: dict[str, list[float]] = {name: [] for name in trainers}
     for index in range(warmup + steps):
@@ -71,7 +92,8 @@ def compare(case: Case, lever: str, root: Path, steps: int, warmup: int) -> dict
             one_step(trainers[name], sources[name], index)
             if index >= warmup:
                 seconds[name].append(time.process_time() - start)
-    medians = {name: statistics.median(values) for name, values in seconds.items()}
+    medians = {name: statistics.fmean(values) for name, values in seconds.items()}  # a mean: the measurement
+    #                                                    steps come every 10th or 100th step, a median hides them
     return {"case": case.name, "lever": lever, "with_s": medians["with"], "without_s": medians["without"],
             "speedup": medians["without"] / medians["with"]}
 
@@ -79,7 +101,7 @@ def compare(case: Case, lever: str, root: Path, steps: int, warmup: int) -> dict
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--setting", default="all", choices=["all", *CASES])
-    parser.add_argument("--lever", default="skip-map-channels", choices=list(LEVERS))
+    parser.add_argument("--lever", default="all", choices=list(LEVERS))
     parser.add_argument("--steps", type=int, default=30, help="timed steps of each trainer (wide: a third)")
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--threads", type=int, default=1)
@@ -90,8 +112,6 @@ def main() -> None:
         if args.setting not in ("all", name):
             continue
         for case in group:
-            if case.advseg == "none":
-                continue  # no segmentation discriminator: nothing for the lever to do
             steps = args.steps if name == "small" else max(3, args.steps // 10)
             with tempfile.TemporaryDirectory(prefix="bench-levers-") as tmp:
                 rows.append(compare(case, args.lever, Path(tmp), steps, args.warmup))

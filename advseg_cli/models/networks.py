@@ -274,7 +274,7 @@ class NLayerDiscriminator(nn.Module):
         if images.requires_grad:
             keep = self.static_channels
         else:
-            keep = images.ne(0).any(3).any(2).any(0).nonzero().flatten()
+            keep = images.abs().amax((0, 2, 3)).ne(0).nonzero().flatten()  # NaN != 0: a NaN channel stays
         if keep is None or keep.numel() == images.shape[1]:
             return None
         if keep.numel() == 0:  # an all-zero input: one (zero) channel keeps the convolution well-formed
