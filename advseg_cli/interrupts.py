@@ -122,3 +122,22 @@ class StopAtStepBoundary:
         for signum, handler in self._previous.items():
             signal.signal(signum, handler)
         self._previous.clear()
+
+
+@contextlib.contextmanager
+def stop_already_under_way() -> Iterator[None]:
+    """Ignore further SIGINT / SIGTERM while the block runs: the stop they would ask for is being made.
+
+    After the step boundary the work is saved and the process is writing its record on the way out; a
+    second signal there would cut that record (and replace the printed advice with a generic one) without
+    stopping anything sooner. Outside the main thread it does nothing.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = {signum: signal.signal(signum, signal.SIG_IGN) for signum in STOP_SIGNALS}
+    try:
+        yield
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)

@@ -33,7 +33,7 @@ from advseg_cli.errors import (AdvsegError, IncompatibleInputError, TrainingDive
                                WeightsNotFoundError)
 from advseg_cli.files import sha256_file, write_bytes_atomic
 from advseg_cli.images import write_png
-from advseg_cli.interrupts import StageInterrupted, StopAtStepBoundary, same_command
+from advseg_cli.interrupts import StageInterrupted, StopAtStepBoundary, same_command, stop_already_under_way
 from advseg_cli.models.advseg import MODELS, AdvSegModel, build_model, model_config, uses_segmenter
 from advseg_cli.progress import progress
 from advseg_cli.runrecord import FOLDER_RECORD_NAME, RunRecord, read_record, record_path_for
@@ -912,7 +912,8 @@ def train(config: TrainConfig) -> TrainSummary:
         agreed = True
     except TrainingInterrupted:
         agreed = True  # the ranks stop after the same step (Trainer._stop_agreed)
-        _record_interruption(record, config, trainer)
+        with stop_already_under_way():  # a second signal now would only cut the record
+            _record_interruption(record, config, trainer)
         raise
     except KeyboardInterrupt:  # a second signal, or one before the first step: no checkpoint of this moment
         _record_interruption(record, config, trainer)

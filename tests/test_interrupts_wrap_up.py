@@ -1,0 +1,61 @@
+"""A second signal after the step boundary: the stop is under way, so the record is still written whole.
+
+In this process, with real signals sent to it: the first asks ``advseg train`` to stop after its step, the
+second arrives while the interrupted run writes its record (the moment a loaded machine once gave a CI run).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+import advseg_cli.training.loop as loop
+from advseg_cli.interrupts import stop_already_under_way
+from tests.training.test_training import make_dataset, tiny_config
+
+
+def interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt  # what the command line's handlers do with both signals
+
+
+@pytest.fixture(autouse=True)
+def ctrl_c_handlers() -> Iterator[None]:
+    before = {signum: signal.signal(signum, interrupt) for signum in (signal.SIGINT, signal.SIGTERM)}
+    yield
+    for signum, handler in before.items():
+        signal.signal(signum, handler)
+
+
+def test_signals_are_ignored_inside_and_handled_again_after() -> None:
+    with stop_already_under_way():
+        os.kill(os.getpid(), signal.SIGINT)
+        os.kill(os.getpid(), signal.SIGTERM)
+    with pytest.raises(KeyboardInterrupt):
+        os.kill(os.getpid(), signal.SIGTERM)
+
+
+def test_a_second_signal_while_the_interrupted_run_writes_its_record_leaves_the_record_whole(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    data = make_dataset(tmp_path / "data")
+    original_step, original_record = loop.Trainer.step, loop._record_interruption
+
+    def step(self: loop.Trainer, batch: dict) -> dict:
+        if self.position.step == 2:
+            os.kill(os.getpid(), signal.SIGINT)  # the first: stop after this step
+        return original_step(self, batch)
+
+    def record_under_a_second_signal(*args: object) -> None:
+        os.kill(os.getpid(), signal.SIGTERM)
+        original_record(*args)
+
+    monkeypatch.setattr(loop.Trainer, "step", step)
+    monkeypatch.setattr(loop, "_record_interruption", record_under_a_second_signal)
+    with pytest.raises(loop.TrainingInterrupted, match="at step 3 of 6"):
+        loop.train(tiny_config(data, tmp_path / "runs", model="pix2pix", max_steps=6))
+    record = json.loads((tmp_path / "runs" / "run" / "advseg-run.json").read_text())
+    assert record["status"] == "interrupted" and record["counts"]["steps"] == 3
