@@ -329,6 +329,7 @@ def write_split(folder: Path, split: str, count: int, config: WorldConfig, quiet
     """
     from advseg_cli.files import sha256_file
     from advseg_cli.images import write_png
+    from advseg_cli.interrupts import signals_deferred
     from advseg_cli.progress import progress
     from advseg_cli.segcache import EntryInfo, SegcacheWriter
     from advseg_cli.segmentation.maps import colorize
@@ -352,7 +353,8 @@ def write_split(folder: Path, split: str, count: int, config: WorldConfig, quiet
                 writer.put(EntryInfo(name, config.size, config.size, sha256_file(photo_png), config.size,
                                      config.size), labels)
     except BaseException:
-        writer.close(commit=False)
+        with signals_deferred():  # a second signal must not leave the working copy behind
+            writer.close(commit=False)
         raise
     writer.close()
     return made
