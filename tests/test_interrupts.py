@@ -199,21 +199,38 @@ def two_process_training(data: Path, name: str) -> list[str]:
                     name, "--runs-dir", "runs", *DDP_ARGS)
 
 
-def test_sigterm_to_a_torchrun_job_stops_every_rank_after_one_step_and_its_command_ends_bit_equal(
-        train_data: Path, tmp_path: Path) -> None:
-    """A scheduler signals the launcher; torchrun passes SIGTERM on to its processes, which agree on the step,
-    and the printed command is a torchrun command of as many processes (one would take other batches)."""
-    env = {**os.environ, "ADVSEG_OFFLINE": "1", "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
+def torchrun_env() -> dict[str, str]:
+    return {**os.environ, "ADVSEG_OFFLINE": "1", "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
+
+
+@pytest.fixture(scope="module")
+def straight_torchrun(train_data: Path, tmp_path_factory: pytest.TempPathFactory) -> dict:
+    """The uninterrupted two-process run's last checkpoint, shared by the SIGINT and the SIGTERM case."""
+    cwd = tmp_path_factory.mktemp("straight-torchrun")
+    straight = subprocess.run(two_process_training(train_data, "straight"), cwd=cwd, capture_output=True,
+                              text=True, env=torchrun_env(), timeout=300)
+    assert straight.returncode == 0, straight.stderr[-3000:]
+    return torch.load(cwd / "runs" / "straight" / "checkpoints" / "latest.pt", weights_only=True)
+
+
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
+def test_a_signal_to_a_torchrun_job_stops_every_rank_after_one_step_and_its_command_ends_bit_equal(
+        train_data: Path, straight_torchrun: dict, tmp_path: Path, signum: int) -> None:
+    """A scheduler signals the launcher (SIGTERM), or Ctrl-C does (SIGINT); torchrun passes the signal on to
+    its processes, which agree on the step, and the printed command is a torchrun command of as many
+    processes (one would take other batches)."""
+    env = torchrun_env()
+    name = signal.Signals(signum).name
     process = subprocess.Popen(two_process_training(train_data, "cut"), cwd=tmp_path, stdout=subprocess.PIPE,
                                stderr=subprocess.PIPE, text=True, env=env)
     wait_until(lambda: metric_rows(tmp_path / "runs" / "cut") >= 3, process, 180)
-    process.send_signal(signal.SIGTERM)
+    process.send_signal(signum)
     _, stderr = process.communicate(timeout=180)
     assert str(REPO / "advseg_cli") not in stderr, stderr[-3000:]  # no traceback through our code (torchrun has one)
     record = json.loads((tmp_path / "runs" / "cut" / "advseg-run.json").read_text())
     steps = record["counts"]["steps"]
     assert record["status"] == "interrupted" and 3 <= steps < 12
-    assert stderr.count(f"interrupted (SIGTERM) at step {steps} of 12") == 2, stderr[-3000:]  # both ranks
+    assert stderr.count(f"interrupted ({name}) at step {steps} of 12") == 2, stderr[-3000:]  # both ranks
     advice = "torchrun --standalone --nproc_per_node 2 -m advseg_cli.cli train --name cut --runs-dir runs --resume"
     assert record["extra"]["continue_with"] == advice and f"continue with: {advice}" in stderr
     saved = torch.load(tmp_path / "runs" / "cut" / "checkpoints" / "latest.pt", weights_only=True)
@@ -222,11 +239,7 @@ def test_sigterm_to_a_torchrun_job_stops_every_rank_after_one_step_and_its_comma
     resumed = subprocess.run(torchrun(*shlex.split(advice)[1:]), cwd=tmp_path, capture_output=True, text=True,
                              env=env, timeout=300)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
-    straight = subprocess.run(two_process_training(train_data, "straight"), cwd=tmp_path, capture_output=True,
-                              text=True, env=env, timeout=300)
-    assert straight.returncode == 0, straight.stderr[-3000:]
-    a = torch.load(tmp_path / "runs" / "cut" / "checkpoints" / "latest.pt", weights_only=True)
-    b = torch.load(tmp_path / "runs" / "straight" / "checkpoints" / "latest.pt", weights_only=True)
+    a, b = torch.load(tmp_path / "runs" / "cut" / "checkpoints" / "latest.pt", weights_only=True), straight_torchrun
     assert a["position"] == b["position"] and a["position"]["step"] == 12
     differing = [name for name in b["model"] if not torch.equal(a["model"][name], b["model"][name])]
     assert not differing, f"the continued torchrun job differs from an uninterrupted one: {differing[:5]}"
