@@ -22,7 +22,9 @@ ceiling) and on a constant grey image (chance), and the Fréchet distance betwee
 and test photos (the noise floor of two samples of the same world).
 
 Everything is resumable: each evaluation is a JSON file under ``OUT/evals``, and a run that is there is
-continued, not redone.
+continued, not redone. A stop signal (Ctrl-C, SIGTERM) ends every run in progress after its step (in the
+``--jobs`` workers too), starts no queued one, leaves ``OUT/advseg-run.json`` saying "interrupted", and
+prints the experiment's own command, which continues it.
 """
 
 from __future__ import annotations
