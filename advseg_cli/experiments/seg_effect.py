@@ -573,6 +573,7 @@ STOP_GRACE_S = 120.0  # how long the runs may take to finish their step and save
 
 
 def _pass_on(workers: list[Any], signum: int) -> None:
+    """Send ``signum`` to each worker process still there (one that ended meanwhile is no error)."""
     for worker in workers:
         with contextlib.suppress(ProcessLookupError):
             os.kill(worker.pid, signum)
@@ -593,17 +594,18 @@ def _stop_pool(futures: list[Any]) -> None:
     import signal
     import sys
 
-    from advseg_cli.interrupts import received_signals
+    from advseg_cli.interrupts import received_signals, signals_deferred
 
-    # Cancelled here, not by shutdown(cancel_futures=True): a future that the pool cancels is never
-    # reported to wait(), which would then sit out its whole timeout.
-    running = [future for future in futures if not future.cancel()]
-    workers = multiprocessing.active_children()  # the pool's processes: this process starts no others here
-    signum = (received_signals() or (signal.SIGTERM,))[-1]
-    print(f"\nseg-effect: {signal.Signals(signum).name}: stopping each running run after its current step "
-          "(again: at once)", file=sys.stderr, flush=True)
-    _pass_on(workers, signum)
     try:
+        with signals_deferred():  # a second signal right now waits until every worker was told
+            # Cancelled here, not by shutdown(cancel_futures=True): a future that the pool cancels is never
+            # reported to wait(), which would then sit out its whole timeout.
+            running = [future for future in futures if not future.cancel()]
+            workers = multiprocessing.active_children()  # the pool's processes: the only children here
+            signum = (received_signals() or (signal.SIGTERM,))[-1]
+            print(f"\nseg-effect: {signal.Signals(signum).name}: stopping each running run after its current "
+                  "step (again: at once)", file=sys.stderr, flush=True)
+            _pass_on(workers, signum)
         _, left = concurrent.futures.wait(running, timeout=STOP_GRACE_S)
     except KeyboardInterrupt:  # a second signal (the command's own handler raised it)
         print("seg-effect: stopping the runs at once", file=sys.stderr, flush=True)
@@ -681,7 +683,8 @@ def run_seg_effect(out: Path, preset_name: str = "default", device: str = "cpu",
     record = RunRecord("experiment", {"experiment": "seg-effect", "out": str(out), "preset": preset.name,
                                       "models": list(preset.models), "modes": list(preset.modes),
                                       "seeds": list(preset.seeds), "device": device, "jobs": jobs, "threads": threads})
-    record.counts = {"evaluations": finished_evaluations(out, preset), "planned_evaluations": planned_evaluations(preset)}
+    record.counts = {"evaluations": finished_evaluations(out, preset),
+                     "planned_evaluations": planned_evaluations(preset)}
     record.write(out / FOLDER_RECORD_NAME)
     try:
         results = _run_experiment(out, preset, device, quiet, jobs, threads, say)
@@ -708,6 +711,7 @@ def _evaluation_files(out: Path, preset: Preset) -> list[Path]:
 
 
 def planned_evaluations(preset: Preset) -> int:
+    """How many evaluations the whole experiment makes (every run at each of its evaluation steps)."""
     return len(_evaluation_files(Path(), preset))
 
 

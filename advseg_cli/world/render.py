@@ -310,8 +310,8 @@ def truth_metadata() -> object:
 def _truth_files(folder: Path, split: str, name: str) -> tuple[Path, Path, Path]:
     """A photo's label PNG, its preview and the photo itself, in the order they are written: the photo last,
     so that a photo on disk always has its truth (a signal between two writes leaves no photo without it)."""
-    return (folder / TRUTH_FOLDER / "labels" / f"{split}B" / name, folder / TRUTH_FOLDER / "previews" / f"{split}B" / name,
-            folder / f"{split}B" / name)
+    truth = folder / TRUTH_FOLDER
+    return truth / "labels" / f"{split}B" / name, truth / "previews" / f"{split}B" / name, folder / f"{split}B" / name
 
 
 def rendered_photos(folder: Path, config: WorldConfig) -> int:
@@ -337,8 +337,8 @@ def write_split(folder: Path, split: str, count: int, config: WorldConfig, quiet
     for made_folder in _truth_files(folder, split, "x"):
         made_folder.parent.mkdir(parents=True, exist_ok=True)
     made = 0
-    writer = SegcacheWriter(folder / TRUTH_FOLDER / f"{split}B.h5", truth_metadata(), fresh=True,  # type: ignore[arg-type]
-                            commit_every=1e9)
+    writer = SegcacheWriter(folder / TRUTH_FOLDER / f"{split}B.h5", truth_metadata(),  # type: ignore[arg-type]
+                            fresh=True, commit_every=1e9)
     try:
         with progress(range(count), desc=f"render shapes {split}", quiet=quiet, unit="photo") as bar:
             for index in bar:  # the bar is closed here, not by a finaliser that a second signal would interrupt
