@@ -60,6 +60,43 @@ def treat_sigterm_as_ctrl_c() -> None:
             signal.signal(signum, _raise_keyboard_interrupt)
 
 
+def received_signals() -> tuple[int, ...]:
+    """The stop signals this process received since its command started, in order (a parent passes the
+    latest on to the processes it drives)."""
+    return tuple(_received)
+
+
+def _note(signum: int, frame: FrameType | None) -> None:
+    _received.append(signum)
+
+
+def note_stop_signals() -> None:
+    """For a worker process that waits for work from a parent: a stop signal is only noted, so that one
+    arriving between two pieces of work cannot kill the worker (which would break its parent's pool and
+    have the pool kill the others in the middle of their step). ``interruptible`` marks the work itself."""
+    _received.clear()
+    if threading.current_thread() is threading.main_thread():
+        for signum in STOP_SIGNALS:
+            signal.signal(signum, _note)
+
+
+@contextlib.contextmanager
+def interruptible() -> Iterator[None]:
+    """While the block runs, a stop signal interrupts it like Ctrl-C; if one was noted before, the block
+    does not start at all (a worker that was told to stop takes no more work)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = {signum: signal.signal(signum, _raise_keyboard_interrupt) for signum in STOP_SIGNALS}
+    try:
+        if _received:
+            raise KeyboardInterrupt
+        yield
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+
+
 @contextlib.contextmanager
 def signals_deferred() -> Iterator[None]:
     """Hold SIGINT / SIGTERM while the block runs, then act on the first one as its handler would have.

@@ -200,21 +200,38 @@ def two_process_training(data: Path, name: str) -> list[str]:
                     name, "--runs-dir", "runs", *DDP_ARGS)
 
 
-def test_sigterm_to_a_torchrun_job_stops_every_rank_after_one_step_and_its_command_ends_bit_equal(
-        train_data: Path, tmp_path: Path) -> None:
-    """A scheduler signals the launcher; torchrun passes SIGTERM on to its processes, which agree on the step,
-    and the printed command is a torchrun command of as many processes (one would take other batches)."""
-    env = {**os.environ, "ADVSEG_OFFLINE": "1", "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
+def torchrun_env() -> dict[str, str]:
+    return {**os.environ, "ADVSEG_OFFLINE": "1", "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
+
+
+@pytest.fixture(scope="module")
+def straight_torchrun(train_data: Path, tmp_path_factory: pytest.TempPathFactory) -> dict:
+    """The uninterrupted two-process run's last checkpoint, shared by the SIGINT and the SIGTERM case."""
+    cwd = tmp_path_factory.mktemp("straight-torchrun")
+    straight = subprocess.run(two_process_training(train_data, "straight"), cwd=cwd, capture_output=True,
+                              text=True, env=torchrun_env(), timeout=300)
+    assert straight.returncode == 0, straight.stderr[-3000:]
+    return torch.load(cwd / "runs" / "straight" / "checkpoints" / "latest.pt", weights_only=True)
+
+
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
+def test_a_signal_to_a_torchrun_job_stops_every_rank_after_one_step_and_its_command_ends_bit_equal(
+        train_data: Path, straight_torchrun: dict, tmp_path: Path, signum: int) -> None:
+    """A scheduler signals the launcher (SIGTERM), or Ctrl-C does (SIGINT); torchrun passes the signal on to
+    its processes, which agree on the step, and the printed command is a torchrun command of as many
+    processes (one would take other batches)."""
+    env = torchrun_env()
+    name = signal.Signals(signum).name
     process = subprocess.Popen(two_process_training(train_data, "cut"), cwd=tmp_path, stdout=subprocess.PIPE,
                                stderr=subprocess.PIPE, text=True, env=env)
     wait_until(lambda: metric_rows(tmp_path / "runs" / "cut") >= 3, process, 180)
-    process.send_signal(signal.SIGTERM)
+    process.send_signal(signum)
     _, stderr = process.communicate(timeout=180)
     assert str(REPO / "advseg_cli") not in stderr, stderr[-3000:]  # no traceback through our code (torchrun has one)
     record = json.loads((tmp_path / "runs" / "cut" / "advseg-run.json").read_text())
     steps = record["counts"]["steps"]
     assert record["status"] == "interrupted" and 3 <= steps < 12
-    assert stderr.count(f"interrupted (SIGTERM) at step {steps} of 12") == 2, stderr[-3000:]  # both ranks
+    assert stderr.count(f"interrupted ({name}) at step {steps} of 12") == 2, stderr[-3000:]  # both ranks
     advice = "torchrun --standalone --nproc_per_node 2 -m advseg_cli.cli train --name cut --runs-dir runs --resume"
     assert record["extra"]["continue_with"] == advice and f"continue with: {advice}" in stderr
     saved = torch.load(tmp_path / "runs" / "cut" / "checkpoints" / "latest.pt", weights_only=True)
@@ -223,12 +240,84 @@ def test_sigterm_to_a_torchrun_job_stops_every_rank_after_one_step_and_its_comma
     resumed = subprocess.run(torchrun(*shlex.split(advice)[1:]), cwd=tmp_path, capture_output=True, text=True,
                              env=env, timeout=300)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
-    straight = subprocess.run(two_process_training(train_data, "straight"), cwd=tmp_path, capture_output=True,
-                              text=True, env=env, timeout=300)
-    assert straight.returncode == 0, straight.stderr[-3000:]
-    a = torch.load(tmp_path / "runs" / "cut" / "checkpoints" / "latest.pt", weights_only=True)
-    b = torch.load(tmp_path / "runs" / "straight" / "checkpoints" / "latest.pt", weights_only=True)
+    a, b = torch.load(tmp_path / "runs" / "cut" / "checkpoints" / "latest.pt", weights_only=True), straight_torchrun
     assert a["position"] == b["position"] and a["position"]["step"] == 12
     differing = [name for name in b["model"] if not torch.equal(a["model"][name], b["model"][name])]
     assert not differing, f"the continued torchrun job differs from an uninterrupted one: {differing[:5]}"
     assert process.returncode != 0  # torchrun reports its stopped job as failed (its own status, not ours)
+
+
+# ----------------------------------------------------------------------------- data prepare (the shapes world)
+WORLD_ARGS = ["--steps", "fetch", "--world-train", "120", "--world-test", "12", "--world-size", "64", "--quiet"]
+WORLD_PHOTOS = 132  # about 3 s of rendering on 2 busy cores: a signal lands in the middle
+
+
+def world_files(folder: Path) -> dict[str, bytes]:
+    """Every photo and truth PNG of a rendered world, by relative path (the HDF5 truth files carry creation
+    times, so they are compared by their maps)."""
+    return {path.relative_to(folder).as_posix(): path.read_bytes() for path in sorted(folder.rglob("*.png"))}
+
+
+def truth_maps(folder: Path) -> dict[str, np.ndarray]:
+    from advseg_cli.segcache import SegmentationCache
+
+    maps = {}
+    for split in ("trainB", "testB"):
+        with SegmentationCache(folder / "truth" / f"{split}.h5") as cache:
+            maps.update({f"{split}/{key}": cache.labels(key) for key in cache.keys()})
+    return maps
+
+
+@pytest.fixture(scope="module")
+def straight_world(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The same world rendered without an interruption, by the function the command calls."""
+    from advseg_cli.datasets.prepare import PrepareConfig, prepare_dataset
+    from advseg_cli.world.render import WorldConfig
+
+    root = tmp_path_factory.mktemp("straight-world")
+    prepare_dataset("shapes", root, PrepareConfig(steps=("fetch",), world=WorldConfig(train=120, test=12, size=64),
+                                                  quiet=True))
+    return root / "shapes"
+
+
+def photos_in(folder: Path) -> int:
+    return len([path for path in folder.glob("*.png") if not path.name.startswith(".")])
+
+
+@pytest.mark.parametrize("signals", [(signal.SIGINT,), (signal.SIGTERM,), (signal.SIGINT, signal.SIGTERM)],
+                         ids=["SIGINT", "SIGTERM", "SIGINT-then-SIGTERM"])
+def test_data_prepare_keeps_its_photos_records_the_interruption_apart_and_continues_byte_equal(
+        straight_world: Path, tmp_path: Path, signals: tuple[int, ...]) -> None:
+    """The world's record means "rendered": an interrupted render leaves its own record, and the printed
+    command continues it to the bytes of an uninterrupted render. A second signal at once changes nothing:
+    the first decides the status, and the interruption record is still written whole."""
+    from advseg_cli.datasets.prepare import DATA_RECORD, INTERRUPTED_RECORD
+
+    args = ["data", "prepare", "shapes", "root", *WORLD_ARGS]
+    process = start_advseg(args, tmp_path)
+    world = tmp_path / "root" / "shapes"
+    wait_until(lambda: photos_in(world / "trainB") >= 10, process)
+    for signum in signals:
+        process.send_signal(signum)
+    _, stderr = process.communicate(timeout=120)
+    assert process.returncode == EXIT_STATUS[signals[0]], stderr
+    assert "Traceback" not in stderr
+    assert f"continue with: {shlex.join(['advseg', *args])}" in stderr
+    assert not (world / DATA_RECORD).exists(), "an interrupted render looks fetched"
+    record = json.loads((world / INTERRUPTED_RECORD).read_text())
+    kept = photos_in(world / "trainB") + photos_in(world / "testB")
+    assert record["status"] == "interrupted" and 10 <= record["counts"]["done"] == kept < WORLD_PHOTOS
+    assert record["extra"]["continue_with"] == shlex.join(["advseg", *args])
+    assert record["options"]["world"] == {"seed": 0, "train": 120, "test": 12, "size": 64}
+    assert [p for p in world.rglob(".*") if p.is_file()] == [], "a temporary file was left behind"
+
+    resumed = run_advice(stderr, tmp_path)
+    assert resumed.returncode == 0, resumed.stderr
+    assert json.loads((world / DATA_RECORD).read_text())["status"] == "complete"
+    assert not (world / INTERRUPTED_RECORD).exists(), "the interruption record outlived the finished render"
+    continued, reference = world_files(world), world_files(straight_world)
+    assert sorted(continued) == sorted(reference) and len(reference) == 3 * WORLD_PHOTOS
+    assert [name for name in reference if continued[name] != reference[name]] == []
+    continued_maps, reference_maps = truth_maps(world), truth_maps(straight_world)
+    assert sorted(continued_maps) == sorted(reference_maps) and len(reference_maps) == WORLD_PHOTOS
+    assert all(np.array_equal(continued_maps[key], reference_maps[key]) for key in reference_maps)

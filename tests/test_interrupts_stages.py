@@ -227,3 +227,64 @@ def test_a_signal_during_a_maps_hdf5_write_lets_it_finish_and_keeps_it(tmp_path:
     record = json.loads(Path(f"{out}.run.json").read_text())
     assert record["status"] == "interrupted" and len(calls) == 4
     assert len(cache_maps(out)) == 4 == record["extra"]["items_finished_before_the_interrupt"]
+
+
+# ----------------------------------------------------------------------------- data prepare (the shapes world)
+WORLD = ["--steps", "fetch", "--world-train", "8", "--world-test", "2", "--world-size", "32", "--quiet"]
+
+
+def rendered(folder: Path) -> dict[str, bytes]:
+    return {path.relative_to(folder).as_posix(): path.read_bytes() for path in sorted(folder.rglob("*.png"))}
+
+
+def test_a_signal_between_a_photos_truth_and_the_photo_leaves_no_photo_without_its_truth(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The signal arrives right after the first file of the 6th photo is written: the next render must still
+    give that photo its label map and preview (it skips a photo that is in place)."""
+    import advseg_cli.images
+
+    write, calls = advseg_cli.images.write_png, []
+
+    def signal_after(path: Path, array: np.ndarray) -> None:
+        write(path, array)
+        calls.append(path)
+        if len(calls) == 3 * 5 + 1:
+            os.kill(os.getpid(), signal.SIGTERM)
+    monkeypatch.setattr(advseg_cli.images, "write_png", signal_after)
+    args = ["data", "prepare", "shapes", str(tmp_path / "cut"), *WORLD]
+    result = advseg(args, monkeypatch)
+    assert result.exit_code == 143 and "Traceback" not in result.stderr, result.stderr
+    monkeypatch.setattr(advseg_cli.images, "write_png", write)
+    assert advseg(advice(result, args), monkeypatch).exit_code == 0
+    assert advseg(["data", "prepare", "shapes", str(tmp_path / "straight"), *WORLD], monkeypatch).exit_code == 0
+    continued, reference = rendered(tmp_path / "cut" / "shapes"), rendered(tmp_path / "straight" / "shapes")
+    assert sorted(continued) == sorted(reference) and len(reference) == 3 * 10
+    assert [name for name in reference if continued[name] != reference[name]] == []
+
+
+def test_an_interrupted_render_over_a_finished_one_keeps_its_whole_truth_file(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Re-running a finished render rewrites its truth file; cut half-way, the old whole file must stay,
+    since the dataset's record still says the world is complete."""
+    import advseg_cli.world.render as render
+    from advseg_cli.datasets.prepare import DATA_RECORD
+    from tests.test_interrupts import truth_maps
+
+    args = ["data", "prepare", "shapes", str(tmp_path / "root"), *WORLD]
+    assert advseg(args, monkeypatch).exit_code == 0
+    world = tmp_path / "root" / "shapes"
+    before = truth_maps(world)
+    scene, calls = render.render_scene, []
+
+    def signal_at_the_fourth(*scene_args: object) -> object:
+        calls.append(1)
+        if len(calls) == 4:
+            os.kill(os.getpid(), signal.SIGINT)
+        return scene(*scene_args)
+    monkeypatch.setattr(render, "render_scene", signal_at_the_fourth)
+    result = advseg(args, monkeypatch)
+    assert result.exit_code == 130 and len(calls) == 4, result.stderr
+    assert json.loads((world / DATA_RECORD).read_text())["status"] == "complete"
+    after = truth_maps(world)
+    assert sorted(after) == sorted(before) and len(before) == 10, "the truth file lost maps of a finished world"
+    assert all(np.array_equal(after[key], before[key]) for key in before)

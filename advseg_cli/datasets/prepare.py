@@ -3,8 +3,9 @@
 Steps, each resumable and each with its own run record:
 
 1. ``fetch``: the photos of the dataset's file list into ``trainB/`` and ``testB/`` (record:
-   ``ROOT/NAME/advseg-data.json``, written only once every photo is in place or reported); for the
-   generated ``shapes`` world, rendering its photos and their ground truth (``truth/``);
+   ``ROOT/NAME/advseg-data.json``, written only once every photo is in place or reported; a signal
+   leaves ``advseg-data.interrupted.json`` instead, saying how far it got); for the generated ``shapes``
+   world, rendering its photos and their ground truth (``truth/``);
 2. ``seg`` (``shapes`` only): train the world's Seg and its evaluation segmenter into ``$ADVSEG_HOME``
    (or ``--seg-out``), unless they are there already;
 3. ``edges``: ``advseg edges`` of ``trainB``/``testB`` into ``trainA``/``testA`` (their own records);
@@ -33,6 +34,7 @@ from advseg_cli.edges import EdgesConfig, extract_edges
 from advseg_cli.errors import AdvsegError, AllInputsFailedError
 from advseg_cli.files import atomic_path, sha256_file
 from advseg_cli.images import list_images
+from advseg_cli.interrupts import same_command, signals_deferred
 from advseg_cli.progress import progress
 from advseg_cli.runrecord import RunRecord
 from advseg_cli.segcache import SegcacheConfig, build_segcache
@@ -42,7 +44,8 @@ from advseg_cli.world.seg import world_segmenter_path
 from advseg_cli.world.steps import render_step, seg_step
 
 STEPS = ("fetch", "seg", "edges", "segcache")
-DATA_RECORD = "advseg-data.json"
+DATA_RECORD = "advseg-data.json"  # its presence means "fetched": every photo in place or reported
+INTERRUPTED_RECORD = "advseg-data.interrupted.json"  # a fetch stopped by a signal: how far it got, how to go on
 DERIVED_LIST = "list.tsv"
 TEST_EVERY = 10  # user folders without their own split: every 10th photo (by name) is a test photo
 
@@ -263,14 +266,22 @@ def _fetch_step(spec: DatasetSpec, root: Path, folder: Path, config: PrepareConf
                         paper_split=spec.paper_split, licence=spec.licence)
     for split in ("train", "test"):
         (folder / f"{split}B").mkdir(parents=True, exist_ok=True)
-    with _Fetcher(spec, root, folder, config, record) as fetcher:
-        for entry in progress(entries, desc=f"fetch {spec.name}", quiet=config.quiet, unit="photo"):
-            fetcher.fetch(entry)
+    try:
+        with _Fetcher(spec, root, folder, config, record) as fetcher:
+            for entry in progress(entries, desc=f"fetch {spec.name}", quiet=config.quiet, unit="photo"):
+                fetcher.fetch(entry)
+    except KeyboardInterrupt:  # the photos in place stay; the dataset's record would say "fetched": not it
+        with signals_deferred():  # a second signal must not cut the only record of the interruption
+            record.extra["continue_with"] = same_command()
+            record.finish("interrupted")
+            record.write(folder / INTERRUPTED_RECORD)
+        raise
     if record.counts["failed"] == len(entries):
         raise AllInputsFailedError(f"{spec.name}: no photo could be fetched (first problem: "
                                    f"{record.failures[0]['reason'] if record.failures else 'empty list'})")
     record.finish("complete" if not record.failures else "complete-with-failures")
     record.write(folder / DATA_RECORD)  # only now: its presence means every photo is in place or reported
+    (folder / INTERRUPTED_RECORD).unlink(missing_ok=True)  # after it: one of the two always says where it is
     return record
 
 
@@ -285,7 +296,7 @@ def prepare_dataset(name: str, root: Path, config: PrepareConfig = PrepareConfig
     failed = 0
     if "fetch" in steps:
         if spec.kind == "generated":
-            render_step(folder, config.world, folder / DATA_RECORD, config.quiet)
+            render_step(folder, config.world, folder / DATA_RECORD, folder / INTERRUPTED_RECORD, config.quiet)
         else:
             failed += _fetch_step(spec, root, folder, config).counts["failed"]
     elif not (folder / DATA_RECORD).exists():

@@ -22,14 +22,18 @@ ceiling) and on a constant grey image (chance), and the Fréchet distance betwee
 and test photos (the noise floor of two samples of the same world).
 
 Everything is resumable: each evaluation is a JSON file under ``OUT/evals``, and a run that is there is
-continued, not redone.
+continued, not redone. A stop signal (Ctrl-C, SIGTERM) ends every run in progress after its step (in the
+``--jobs`` workers too), starts no queued one, leaves ``OUT/advseg-run.json`` saying "interrupted", and
+prints the experiment's own command, which continues it.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import math
+import os
 import time
 from collections.abc import Iterable
 from pathlib import Path
@@ -40,6 +44,8 @@ import torch
 
 from advseg_cli.errors import AdvsegError
 from advseg_cli.experiments.statistics import CONFIDENCE, has_converged, paired_difference
+from advseg_cli.interrupts import StageInterrupted
+from advseg_cli.runrecord import FOLDER_RECORD_NAME, RunRecord
 
 MODES: dict[str, dict[str, Any]] = {  # mode name -> model options it sets
     "none": {"advseg": "none"},
@@ -541,13 +547,75 @@ def write_grids(out: Path, world: Path, scorer: Scorer, preset: Preset, folder: 
 
 
 # ------------------------------------------------------------------------------------ the experiment
-def _evaluate_in_worker(job: tuple[Path, Path, Path, Path, Preset, str, str, int, str, int]) -> list[dict[str, Any]]:
-    """One run in a worker process (its own Scorer, ``threads`` torch threads)."""
-    out, world, seg_weights, eval_weights, preset, model, mode, seed, device, threads = job
-    if threads:
-        torch.set_num_threads(threads)
-    scorer = Scorer.load(world, eval_weights)
-    return evaluate_run(out, world, seg_weights, scorer, preset, model, mode, seed, device)
+def _worker_started(threads: int) -> None:
+    """Set up one worker process of the pool, once.
+
+    It gets its own process group, so that a Ctrl-C at the terminal reaches only the parent, which passes
+    each stop signal on exactly once (one that came both ways would count as a second signal: stop inside the
+    step). Between runs a stop signal is only noted (``note_stop_signals``): a worker it killed would break
+    the pool; the noted signal keeps the worker from starting another run.
+    """
+    from advseg_cli.interrupts import note_stop_signals
+
+    os.setpgid(0, 0)
+    note_stop_signals()
+    torch.set_num_threads(threads)
+
+
+def _evaluate_in_worker(job: tuple[Path, Path, Path, Path, Preset, str, str, int, str]) -> list[dict[str, Any]]:
+    """One run in a worker process (its own Scorer); a stop signal interrupts it as in the parent."""
+    from advseg_cli.interrupts import interruptible
+
+    out, world, seg_weights, eval_weights, preset, model, mode, seed, device = job
+    with interruptible():
+        scorer = Scorer.load(world, eval_weights)
+        return evaluate_run(out, world, seg_weights, scorer, preset, model, mode, seed, device)
+
+
+STOP_GRACE_S = 120.0  # how long the runs may take to finish their step and save it before they are killed
+
+
+def _pass_on(workers: list[Any], signum: int) -> None:
+    """Send ``signum`` to each worker process still there (one that ended meanwhile is no error)."""
+    for worker in workers:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(worker.pid, signum)
+
+
+def _stop_pool(futures: list[Any]) -> None:
+    """Stop every run of the pool after a stop signal (or a run's own interruption).
+
+    Runs not handed to a worker yet are cancelled (and a worker that was already handed one refuses it);
+    each running run gets the signal, finishes its step and saves it; a second signal is passed on too and
+    stops them at once. Returns when every run has ended (or was killed after ``STOP_GRACE_S``); the pool's
+    shutdown then joins its workers, so the command never exits leaving one training. A signal to the parent
+    alone (``kill``, a scheduler) would otherwise never reach the workers, and the pool would hand them the
+    next queued run.
+    """
+    import concurrent.futures
+    import multiprocessing
+    import signal
+    import sys
+
+    from advseg_cli.interrupts import received_signals, signals_deferred
+
+    try:
+        with signals_deferred():  # a second signal right now waits until every worker was told
+            # Cancelled here, not by shutdown(cancel_futures=True): a future that the pool cancels is never
+            # reported to wait(), which would then sit out its whole timeout.
+            running = [future for future in futures if not future.cancel()]
+            workers = multiprocessing.active_children()  # the pool's processes: the only children here
+            signum = (received_signals() or (signal.SIGTERM,))[-1]
+            print(f"\nseg-effect: {signal.Signals(signum).name}: stopping each running run after its current "
+                  "step (again: at once)", file=sys.stderr, flush=True)
+            _pass_on(workers, signum)
+        _, left = concurrent.futures.wait(running, timeout=STOP_GRACE_S)
+    except KeyboardInterrupt:  # a second signal (the command's own handler raised it)
+        print("seg-effect: stopping the runs at once", file=sys.stderr, flush=True)
+        _pass_on(workers, (received_signals() or (signal.SIGTERM,))[-1])
+        _, left = concurrent.futures.wait(running, timeout=10)
+    if left:
+        _pass_on(workers, signal.SIGKILL)
 
 
 def _longest_first(runs: list[tuple[str, str, int]]) -> list[tuple[str, str, int]]:
@@ -570,12 +638,19 @@ def _run_all(out: Path, world: Path, seg_weights: Path, eval_weights: Path, scor
 
     by_run: dict[tuple[str, str, int], list[dict[str, Any]]] = {}
     context = multiprocessing.get_context("spawn")  # no OpenMP state inherited through fork
-    with concurrent.futures.ProcessPoolExecutor(jobs, mp_context=context) as pool:
-        futures = {pool.submit(_evaluate_in_worker, (out, world, seg_weights, eval_weights, preset, *run, device,
-                                                     threads or 1)): run for run in _longest_first(runs)}
-        for done, future in enumerate(concurrent.futures.as_completed(futures), 1):
-            by_run[futures[future]] = future.result()
-            say(f"run {done}/{len(runs)} finished: {run_name(*futures[future])}")
+    with concurrent.futures.ProcessPoolExecutor(jobs, mp_context=context, initializer=_worker_started,
+                                                initargs=(threads or 1,)) as pool:
+        futures: dict[concurrent.futures.Future[list[dict[str, Any]]], tuple[str, str, int]] = {}
+        try:
+            for run in _longest_first(runs):
+                futures[pool.submit(_evaluate_in_worker, (out, world, seg_weights, eval_weights, preset, *run,
+                                                          device))] = run
+            for done, future in enumerate(concurrent.futures.as_completed(futures), 1):
+                by_run[futures[future]] = future.result()
+                say(f"run {done}/{len(runs)} finished: {run_name(*futures[future])}")
+        except (KeyboardInterrupt, StageInterrupted):  # a signal here, or in a worker (its run's exception)
+            _stop_pool(list(futures))
+            raise
     return [row for run in runs for row in by_run[run]]
 
 
@@ -606,9 +681,71 @@ def run_seg_effect(out: Path, preset_name: str = "default", device: str = "cpu",
                           f"{', '.join(unpaired)} never sees; run it with --models pix2pix (or autopainter)")
     if jobs < 1:
         raise AdvsegError(f"--jobs: at least 1, got {jobs}")
-    started = time.perf_counter()
     say = (lambda message: None) if quiet else (lambda message: print(f"seg-effect: {message}", flush=True))
     out.mkdir(parents=True, exist_ok=True)
+    record = RunRecord("experiment", {"experiment": "seg-effect", "out": str(out), "preset": preset.name,
+                                      "models": list(preset.models), "modes": list(preset.modes),
+                                      "seeds": list(preset.seeds), "device": device, "jobs": jobs, "threads": threads})
+    record.counts = {"evaluations": finished_evaluations(out, preset),
+                     "planned_evaluations": planned_evaluations(preset)}
+    record.write(out / FOLDER_RECORD_NAME)
+    try:
+        results = _run_experiment(out, preset, device, quiet, jobs, threads, say)
+    except (StageInterrupted, KeyboardInterrupt):
+        raise _record_interruption(record, out, preset) from None
+    except Exception as exc:
+        record.finish(f"failed: {exc}")
+        record.write(out / FOLDER_RECORD_NAME)
+        raise
+    record.counts["evaluations"] = finished_evaluations(out, preset)
+    record.finish()
+    record.write(out / FOLDER_RECORD_NAME)
+    return results
+
+
+class ExperimentInterrupted(StageInterrupted):
+    """The experiment stopped on a signal: every finished evaluation is kept, and the experiment's own
+    command continues it (each run from its last checkpoint), not the command of the run it was training."""
+
+
+def _evaluation_files(out: Path, preset: Preset) -> list[Path]:
+    return [out / "evals" / run_name(model, mode, seed) / f"step_{step:07d}.json" for model in preset.models
+            for mode in preset.modes for seed in preset.seeds for step in preset.eval_steps_for(model)]
+
+
+def planned_evaluations(preset: Preset) -> int:
+    """How many evaluations the whole experiment makes (every run at each of its evaluation steps)."""
+    return len(_evaluation_files(Path(), preset))
+
+
+def finished_evaluations(out: Path, preset: Preset) -> int:
+    """How many of the experiment's evaluations are on disk (what a re-run skips)."""
+    return sum(path.exists() for path in _evaluation_files(out, preset))
+
+
+def _record_interruption(record: RunRecord, out: Path, preset: Preset) -> ExperimentInterrupted:
+    """OUT/advseg-run.json says "interrupted", how far it got and how to go on; the exception to raise says
+    the same. A second signal waits until the record is written."""
+    import signal
+
+    from advseg_cli.interrupts import received_signals, same_command, signals_deferred
+
+    with signals_deferred():
+        record.counts["evaluations"] = finished_evaluations(out, preset)
+        record.extra["continue_with"] = same_command()
+        record.finish("interrupted")
+        record.write(out / FOLDER_RECORD_NAME)
+    cause = signal.Signals(received_signals()[0]).name if received_signals() else "interrupted"
+    return ExperimentInterrupted(
+        f"interrupted ({cause}); {record.counts['evaluations']} of {record.counts['planned_evaluations']} "
+        f"evaluations are finished and kept in {out / 'evals'}, each run's last checkpoint in {out / 'runs'}; "
+        f"continue with: {record.extra['continue_with']}")
+
+
+def _run_experiment(out: Path, preset: Preset, device: str, quiet: bool, jobs: int, threads: int,
+                    say: Any) -> dict[str, Any]:
+    """Prepare the world, train and score every run, write results.json, the table and the plots."""
+    started = time.perf_counter()
     say(f"preset {preset.name}: world, its Seg, sketches and label maps under {out / 'world'}")
     world, seg_weights, eval_weights = prepare_world(out, preset, device, quiet)
     scorer = Scorer.load(world, eval_weights)

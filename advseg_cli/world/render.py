@@ -307,49 +307,72 @@ def truth_metadata() -> object:
                          thresholds={}, resize_policy=ResizePolicy("native", 0, 0))
 
 
+def _truth_files(folder: Path, split: str, name: str) -> tuple[Path, Path, Path]:
+    """A photo's label PNG, its preview and the photo itself, in the order they are written: the photo last,
+    so that a photo on disk always has its truth (a signal between two writes leaves no photo without it)."""
+    truth = folder / TRUTH_FOLDER
+    return truth / "labels" / f"{split}B" / name, truth / "previews" / f"{split}B" / name, folder / f"{split}B" / name
+
+
+def rendered_photos(folder: Path, config: WorldConfig) -> int:
+    """How many photos of ``config`` are in place with their truth (what a continued render skips)."""
+    return sum(all(path.exists() for path in _truth_files(folder, split, photo_name(index)))
+               for split in ("train", "test") for index in range(getattr(config, split)))
+
+
 def write_split(folder: Path, split: str, count: int, config: WorldConfig, quiet: bool = True) -> int:
     """Render ``count`` photos of ``split`` into ``folder/{split}B`` and their truth; returns how many were new.
 
     Photos already there with their truth are kept (a re-run continues an interrupted render); the truth
-    file is rewritten whole from the scenes, so it always matches the photos.
+    file is rewritten whole from the scenes, so it always matches the photos, and replaces the old one only
+    once it is whole: an interrupted re-render keeps the complete file it would have cut.
     """
     from advseg_cli.files import sha256_file
     from advseg_cli.images import write_png
+    from advseg_cli.interrupts import signals_deferred
     from advseg_cli.progress import progress
     from advseg_cli.segcache import EntryInfo, SegcacheWriter
     from advseg_cli.segmentation.maps import colorize
 
-    photos, previews = folder / f"{split}B", folder / TRUTH_FOLDER / "previews" / f"{split}B"
-    label_pngs = folder / TRUTH_FOLDER / "labels" / f"{split}B"
-    for made_folder in (photos, previews, label_pngs):
-        made_folder.mkdir(parents=True, exist_ok=True)
+    for made_folder in _truth_files(folder, split, "x"):
+        made_folder.parent.mkdir(parents=True, exist_ok=True)
     made = 0
-    truth_file = folder / TRUTH_FOLDER / f"{split}B.h5"
-    with SegcacheWriter(truth_file, truth_metadata(), fresh=True, commit_every=1e9) as writer:  # type: ignore[arg-type]
-        for index in progress(range(count), desc=f"render shapes {split}", quiet=quiet, unit="photo"):
-            photo, labels = render_scene(scene_for(config.seed, split, index, config.size))
-            name = photo_name(index)
-            if not (photos / name).exists():
-                write_png(photos / name, photo)
-                write_png(previews / name, colorize(labels))
-                write_png(label_pngs / name, labels)
-                made += 1
-            writer.put(EntryInfo(name, config.size, config.size, sha256_file(photos / name), config.size,
-                                 config.size), labels)
+    writer = SegcacheWriter(folder / TRUTH_FOLDER / f"{split}B.h5", truth_metadata(),  # type: ignore[arg-type]
+                            fresh=True, commit_every=1e9)
+    try:
+        with progress(range(count), desc=f"render shapes {split}", quiet=quiet, unit="photo") as bar:
+            for index in bar:  # the bar is closed here, not by a finaliser that a second signal would interrupt
+                photo, labels = render_scene(scene_for(config.seed, split, index, config.size))
+                name = photo_name(index)
+                label_png, preview, photo_png = _truth_files(folder, split, name)
+                if not all(path.exists() for path in (label_png, preview, photo_png)):
+                    write_png(label_png, labels)
+                    write_png(preview, colorize(labels))
+                    write_png(photo_png, photo)
+                    made += 1
+                writer.put(EntryInfo(name, config.size, config.size, sha256_file(photo_png), config.size,
+                                     config.size), labels)
+    except BaseException:
+        with signals_deferred():  # a second signal must not leave the working copy behind
+            writer.close(commit=False)
+        raise
+    writer.close()
     return made
 
 
-def render_world(folder: Path, config: WorldConfig, quiet: bool = False) -> dict[str, int]:
-    """ROOT/shapes/{trainB,testB} and truth/ for ``config``; refuses a folder rendered with other settings."""
+def render_world(folder: Path, config: WorldConfig, quiet: bool = False,
+                 records: tuple[Path, ...] = ()) -> dict[str, int]:
+    """ROOT/shapes/{trainB,testB} and truth/ for ``config``; refuses a folder that ``records`` (the dataset's
+    record, and that of an interrupted render) say was rendered with other settings."""
     import json
 
     from advseg_cli.errors import AdvsegError
 
     config.validate()
-    record_file = folder / "advseg-data.json"
-    if record_file.exists():
-        previous = json.loads(record_file.read_text(encoding="utf-8")).get("options", {}).get("world")
-        if previous is not None and previous != dataclasses.asdict(config):
-            raise AdvsegError(f"{folder}: rendered with other settings ({previous}); choose another ROOT or delete "
-                              f"{folder}")
+    for record_file in records:
+        if record_file.exists():
+            previous = json.loads(record_file.read_text(encoding="utf-8")).get("options", {}).get("world")
+            if previous is not None and previous != dataclasses.asdict(config):
+                raise AdvsegError(f"{folder}: rendered with other settings ({previous}); choose another ROOT or "
+                                  f"delete {folder}")
     return {split: write_split(folder, split, getattr(config, split), config, quiet) for split in ("train", "test")}

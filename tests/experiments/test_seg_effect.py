@@ -9,6 +9,9 @@ from __future__ import annotations
 
 import json
 import math
+import shlex
+import signal
+import time
 from pathlib import Path
 
 import pytest
@@ -228,3 +231,93 @@ def test_variant_modes_are_scored_against_the_same_none_runs(quick_run: tuple[Pa
         assert row["term_grad_norms"]["G_M"] > 0 and row["term_grad_norms"]["G_GAN"] > 0
     differences = {(d["mode"], d["metric"]) for d in results["differences"]}
     assert {("consistency", "miou"), ("soft-all", "miou")} <= differences
+
+
+# ----------------------------------------------------------------------------- stop signals
+INTERRUPT_ARGS = ["--quick", "--device", "cpu", "--quiet", "--models", "pix2pix", "--modes", "none,soft", "--seeds",
+                  "0,1", "--threads", "1"]  # 4 runs of 2 evaluations; one thread each, as quick_run's workers
+
+
+def children_of(pid: int) -> list[int]:
+    """The live processes whose parent is ``pid`` (from /proc: the experiment's pool workers, its resource
+    tracker)."""
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == pid and fields[0] != "Z":
+            found.append(int(stat.parent.name))
+    return found
+
+
+def alive(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+def pool_workers(pids: list[int]) -> list[int]:
+    """The pool's worker processes among ``pids`` (not its resource tracker, which ends when it reads the
+    end of its pipe, a moment after the experiment's process)."""
+    def command(pid: int) -> str:
+        try:
+            return Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace")
+        except OSError:
+            return ""
+    return [pid for pid in pids if "spawn_main" in command(pid)]
+
+
+def tree_state(folder: Path) -> dict[str, int]:
+    return {path.relative_to(folder).as_posix(): path.stat().st_mtime_ns for path in folder.rglob("*")
+            if path.is_file()}
+
+
+@requires_hed_weights
+@pytest.mark.parametrize("signum,jobs", [(signal.SIGINT, 1), (signal.SIGTERM, 2)],
+                         ids=["SIGINT-one-process", "SIGTERM-two-workers"])
+def test_a_signal_stops_the_experiment_with_its_own_advice_and_its_command_continues_it_equal(
+        quick_run: tuple[Path, dict, str], tmp_path: Path, signum: int, jobs: int) -> None:
+    """The signal reaches the experiment's process only, as from ``kill`` or a scheduler: every run in
+    progress stops (in the workers too), no queued run starts, no worker outlives the command, the record
+    says "interrupted", the advice is the experiment's command (not the inner run's ``advseg train``), and
+    that command continues to the numbers of an uninterrupted experiment."""
+    import shutil
+
+    from tests.test_interrupts import EXIT_STATUS, run_advice, start_advseg, wait_until
+
+    quick_out, quick_results, _ = quick_run
+    out = tmp_path / "exp"
+    for part in ("world", "seg"):  # the prepared world and its Seg: only the runs are left to do
+        shutil.copytree(quick_out / part, out / part)
+    args = ["experiment", "seg-effect", "exp", *INTERRUPT_ARGS, "--jobs", str(jobs)]
+    process = start_advseg(args, tmp_path)
+    wait_until(lambda: len(list((out / "runs").glob("*/advseg-run.json"))) >= jobs, process, 240)  # each trains
+    workers, started = pool_workers(children_of(process.pid)), sorted(p.name for p in (out / "runs").iterdir())
+    process.send_signal(signum)
+    _, stderr = process.communicate(timeout=240)
+    assert process.returncode == EXIT_STATUS[signum], stderr
+    assert "Traceback" not in stderr
+    advice = shlex.join(["advseg", *args])
+    assert f"continue with: {advice}" in stderr and "advseg train" not in stderr, stderr
+    assert not [pid for pid in workers if alive(pid)], "a worker outlived the command"
+    assert len(workers) == (jobs if jobs > 1 else 0), workers
+    assert sorted(p.name for p in (out / "runs").iterdir()) == started, "a queued run started after the signal"
+    record = json.loads((out / "advseg-run.json").read_text())
+    assert record["status"] == "interrupted" and record["extra"]["continue_with"] == advice
+    finished = len(list((out / "evals").glob("*/*.json"))) if (out / "evals").exists() else 0
+    assert record["counts"] == {"evaluations": finished, "planned_evaluations": 8} and finished < 8
+    before = tree_state(out)
+    time.sleep(1.0)
+    assert tree_state(out) == before, "files still change after the command ended"
+
+    resumed = run_advice(stderr, tmp_path)
+    assert resumed.returncode == 0, resumed.stderr
+    assert json.loads((out / "advseg-run.json").read_text())["status"] == "complete"
+    untimed = [{key: value for key, value in row.items() if key != "train_seconds"}
+               for row in json.loads((out / "results.json").read_text())["rows"]]
+    reference = [{key: value for key, value in row.items() if key != "train_seconds"}
+                 for row in quick_results["rows"] if row["model"] == "pix2pix" and row["mode"] in ("none", "soft")]
+    assert sorted(untimed, key=repr) == sorted(reference, key=repr)
