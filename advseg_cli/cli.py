@@ -16,7 +16,8 @@ import click
 from advseg_cli import __version__
 from advseg_cli.errors import AdvsegError, AllInputsFailedError, TrainingDivergedError
 from advseg_cli.help import FullSummaryGroup
-from advseg_cli.interrupts import StageInterrupted, interrupt_exit_status, same_command, treat_sigterm_as_ctrl_c
+from advseg_cli.interrupts import (StageInterrupted, interrupt_exit_status, same_command, stop_already_under_way,
+                                  treat_sigterm_as_ctrl_c)
 
 
 class _AdvsegGroup(FullSummaryGroup):
@@ -32,12 +33,14 @@ class _AdvsegGroup(FullSummaryGroup):
             click.echo(f"advseg {stage}: error: {exc}", err=True)
             ctx.exit(exc.exit_code)
         except StageInterrupted as exc:
-            click.echo(f"\nadvseg {ctx.invoked_subcommand or 'advseg'}: {exc}", err=True)
+            with stop_already_under_way():  # a further signal here would end in click's "Aborted!", status 1
+                click.echo(f"\nadvseg {ctx.invoked_subcommand or 'advseg'}: {exc}", err=True)
             ctx.exit(exc.exit_code)
         except KeyboardInterrupt:
             stage = ctx.invoked_subcommand or "advseg"
-            click.echo(f"\nadvseg {stage}: interrupted; finished outputs are kept and skipped by the next run; "
-                       f"continue with: {same_command()}", err=True)
+            with stop_already_under_way():
+                click.echo(f"\nadvseg {stage}: interrupted; finished outputs are kept and skipped by the next run; "
+                           f"continue with: {same_command()}", err=True)
             ctx.exit(interrupt_exit_status())
 
 

@@ -62,3 +62,30 @@ def test_a_second_signal_while_the_interrupted_run_writes_its_record_leaves_the_
         pytest.fail("the second signal cut the interrupted run's wrap-up")
     record = json.loads((tmp_path / "runs" / "run" / "advseg-run.json").read_text())
     assert record["status"] == "interrupted" and record["counts"]["steps"] == 3
+
+
+def test_a_signal_while_the_command_line_reports_an_interruption_keeps_its_status(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """The cli prints the advice on the way out; a signal landing there must not turn 130 into click's
+    "Aborted!" and status 1."""
+    import click
+    from click.testing import CliRunner
+
+    import advseg_cli.cli as cli
+
+    @click.command("stopped-stage")
+    def stopped_stage() -> None:
+        raise KeyboardInterrupt  # as a stage's Ctrl-C reaches the cli
+
+    def advice_under_a_signal() -> str:
+        os.kill(os.getpid(), signal.SIGTERM)
+        return "advseg stopped-stage"
+
+    monkeypatch.setattr(cli, "same_command", advice_under_a_signal)
+    cli.main.add_command(stopped_stage)
+    try:
+        result = CliRunner().invoke(cli.main, ["stopped-stage"])
+    finally:
+        cli.main.commands.pop("stopped-stage")
+    assert result.exit_code == 130, result.output
+    assert "continue with: advseg stopped-stage" in result.output and "Aborted" not in result.output
