@@ -11,6 +11,8 @@ Levers (each exact in fp32 but for the order of sums, see its test):
 * ``grad-norm-every-100``: the experiment's gradient-norm measurement (a backward per generator term) every
   100 steps instead of at every metric row (10); training is unchanged, bit for bit
   (``tests/training/test_training_variants.py::test_gradient_norms_measured_every_nth_step_...``);
+* ``foreach-adam``: Adam's multi-tensor implementation, which torch picks by itself only on CUDA; the same
+  values bit for bit (``tests/training/test_training_variants.py::test_the_trainers_adam_...``);
 * ``all``: every lever against none of them (the step of the commit before them).
 
     python bench/bench_levers.py --threads 1 --steps 30
@@ -50,12 +52,20 @@ def sparse_gradient_norms(trainer: Any, on: bool) -> None:
     trainer.config = dataclasses.replace(trainer.config, grad_norm_every=100 if on else 0)
 
 
+def multi_tensor_adam(trainer: Any, on: bool) -> None:
+    """Adam's multi-tensor implementation (on) or torch's CPU default, one tensor at a time (off)."""
+    for optimizer in (trainer.opt_G, trainer.opt_D):
+        for group in optimizer.param_groups:
+            group["foreach"] = True if on else None
+
+
 LEVERS: dict[str, Callable[[Any, bool], None]] = {"skip-map-channels": map_channel_skipping,
-                                                  "grad-norm-every-100": sparse_gradient_norms}
+                                                  "grad-norm-every-100": sparse_gradient_norms,
+                                                  "foreach-adam": multi_tensor_adam}
 
 
 def all_levers(trainer: Any, on: bool) -> None:
-    for lever in (map_channel_skipping, sparse_gradient_norms):
+    for lever in (map_channel_skipping, sparse_gradient_norms, multi_tensor_adam):
         lever(trainer, on)
 
 

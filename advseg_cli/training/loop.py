@@ -452,6 +452,15 @@ def _to_device(batch: dict[str, Any], device: torch.device, channels_last: bool)
     return moved
 
 
+def adam(parameters: list[torch.nn.Parameter], config: TrainConfig) -> torch.optim.Adam:
+    """The public code's Adam (beta2 0.999), with the multi-tensor implementation also on the CPU.
+
+    torch picks it by itself only for CUDA tensors; on the CPU it gives the same values, bit for bit, as
+    the one-tensor-at-a-time loop, a quarter faster for a generator's ~50 tensors (docs/benchmarks.md).
+    """
+    return torch.optim.Adam(parameters, lr=config.lr, betas=(config.beta1, 0.999), foreach=True)
+
+
 class Trainer:
     """One training run; ``run()`` trains until the last epoch or ``max_steps``."""
 
@@ -478,9 +487,8 @@ class Trainer:
         if config.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
         broadcast_parameters(self.model, self.ddp.world)
-        betas = (config.beta1, 0.999)
-        self.opt_G = torch.optim.Adam(self.model.generator_parameters(), lr=config.lr, betas=betas)
-        self.opt_D = torch.optim.Adam(self.model.discriminator_parameters(), lr=config.lr, betas=betas)
+        self.opt_G = adam(self.model.generator_parameters(), config)
+        self.opt_D = adam(self.model.discriminator_parameters(), config)
         decay = linear_decay_factor(config.epochs, config.epochs_decay)
         self.sched_G = torch.optim.lr_scheduler.LambdaLR(self.opt_G, decay)
         self.sched_D = torch.optim.lr_scheduler.LambdaLR(self.opt_D, decay)
@@ -602,7 +610,7 @@ class Trainer:
             if name in self.late_optimizers:
                 continue
             broadcast_tensors(parameters, self.ddp.world)
-            optimizer = torch.optim.Adam(parameters, lr=self.config.lr, betas=(self.config.beta1, 0.999))
+            optimizer = adam(parameters, self.config)
             self.late_optimizers[name] = optimizer
             self.late_schedulers[name] = torch.optim.lr_scheduler.LambdaLR(
                 optimizer, linear_decay_factor(self.config.epochs, self.config.epochs_decay))

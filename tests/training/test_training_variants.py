@@ -85,3 +85,26 @@ def test_grad_norm_every_without_the_measurement_is_refused_in_one_line(data: Pa
     assert result.exit_code == 2, result.output
     assert "add --log-seg-grad-norm" in result.output and len(result.output.strip().splitlines()) == 1
     assert not (tmp_path / "runs").exists()
+
+
+def test_the_trainers_adam_steps_like_torchs_default_adam_bit_for_bit() -> None:
+    """The multi-tensor Adam is a speed choice only: the same values as torch's default on the CPU (a fused
+    or otherwise reordered Adam would differ in the last bit and break exact resumes of older runs)."""
+    import dataclasses
+
+    import torch
+
+    from advseg_cli.training.loop import TrainConfig, adam
+
+    torch.manual_seed(0)
+    ours = [torch.nn.Parameter(torch.randn(shape)) for shape in ((16, 8, 3, 3), (16,), (3, 16, 7, 7))]
+    reference = [torch.nn.Parameter(p.detach().clone()) for p in ours]
+    config = dataclasses.replace(TrainConfig(name="x", sketches=Path("a"), photos=Path("b")), lr=3e-4, beta1=0.5)
+    optimizers = (adam(ours, config), torch.optim.Adam(reference, lr=3e-4, betas=(0.5, 0.999)))
+    for _ in range(20):
+        for p, q in zip(ours, reference):
+            p.grad = torch.randn_like(p)
+            q.grad = p.grad.clone()
+        for optimizer in optimizers:
+            optimizer.step()
+    assert all(torch.equal(p, q) for p, q in zip(ours, reference))
