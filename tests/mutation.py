@@ -59,7 +59,7 @@ TARGETS = (
     Target("images", "advseg_cli/images.py", ("tests/test_images.py", "tests/test_untrusted_images.py")),
     # signals to this process: the real commands under signals (tests/test_interrupts.py) take minutes a mutant
     Target("interrupts", "advseg_cli/interrupts.py",
-           ("tests/test_interrupts_in_process.py",
+           ("tests/test_interrupts_in_process.py", "tests/test_interrupts_wrap_up.py",
             "tests/test_interrupts_stages.py::test_a_signal_during_a_maps_hdf5_write_lets_it_finish_and_keeps_it")),
     # what a stranger's upload meets in process; the page over HTTP (a server process mutmut cannot see
     # into) is tests/serve/test_serve_http.py, run by hand on the mutants that survive

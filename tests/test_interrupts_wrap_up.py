@@ -89,3 +89,26 @@ def test_a_signal_while_the_command_line_reports_an_interruption_keeps_its_statu
         cli.main.commands.pop("stopped-stage")
     assert result.exit_code == 130, result.output
     assert "continue with: advseg stopped-stage" in result.output and "Aborted" not in result.output
+
+
+def test_a_pool_worker_notes_signals_between_runs_and_refuses_the_next_run() -> None:
+    """The experiment's workers: between two runs a stop signal must not kill the worker (the pool would
+    then kill the others mid-step), only be remembered, in order; a run asked for after it does not start,
+    and inside a run a signal interrupts like Ctrl-C."""
+    from advseg_cli.interrupts import interruptible, note_stop_signals, received_signals
+
+    note_stop_signals()
+    try:
+        with interruptible():  # nothing noted yet: the run starts, and a signal inside interrupts it
+            with pytest.raises(KeyboardInterrupt):
+                os.kill(os.getpid(), signal.SIGINT)
+        os.kill(os.getpid(), signal.SIGTERM)  # between runs: noted only
+        os.kill(os.getpid(), signal.SIGINT)
+        assert received_signals()[-2:] == (signal.SIGTERM, signal.SIGINT)
+        started = False
+        with pytest.raises(KeyboardInterrupt):
+            with interruptible():
+                started = True
+        assert not started
+    finally:
+        note_stop_signals()  # clears what was noted (the autouse fixture restores the handlers)
