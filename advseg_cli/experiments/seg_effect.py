@@ -703,6 +703,17 @@ def run_seg_effect(out: Path, preset_name: str = "default", device: str = "cpu",
     return results
 
 
+def machine_description() -> dict[str, Any]:
+    """What the numbers depend on beyond the seed: the same runs on an AVX2 and an AVX-512 CPU differ by as
+    much as an effect (oneDNN's kernels round differently; docs/evidence.md), so rows of different machines
+    must not be paired."""
+    import platform
+
+    return {"cpu_capability": torch.backends.cpu.get_cpu_capability(), "processor": platform.processor(),
+            "machine": platform.machine(), "cpus": os.cpu_count(), "torch": torch.__version__,
+            "cuda_device": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None}
+
+
 class ExperimentInterrupted(StageInterrupted):
     """The experiment stopped on a signal: every finished evaluation is kept, and the experiment's own
     command continues it (each run from its last checkpoint), not the command of the run it was training."""
@@ -760,7 +771,7 @@ def _run_experiment(out: Path, preset: Preset, device: str, quiet: bool, jobs: i
                "learning_curves": curves, "rows": rows, "seg_weights": str(seg_weights),
                "eval_weights": str(eval_weights), "jobs": jobs, "threads": threads,
                "seconds": round(time.perf_counter() - started, 1),
-               "train_seconds": round(sum(row["train_seconds"] for row in rows), 1)}
+               "train_seconds": round(sum(row["train_seconds"] for row in rows), 1), "machine": machine_description()}
     (out / "results.json").write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")
     (out / "table.md").write_text(markdown_table(table, differences, references, preset), encoding="utf-8")
     write_plots(rows, preset, out / "plots")

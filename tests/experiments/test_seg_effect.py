@@ -321,3 +321,15 @@ def test_a_signal_stops_the_experiment_with_its_own_advice_and_its_command_conti
     reference = [{key: value for key, value in row.items() if key != "train_seconds"}
                  for row in quick_results["rows"] if row["model"] == "pix2pix" and row["mode"] in ("none", "soft")]
     assert sorted(untimed, key=repr) == sorted(reference, key=repr)
+
+
+@requires_hed_weights
+def test_the_results_name_the_machine_their_numbers_depend_on(quick_run: tuple[Path, dict, str]) -> None:
+    """Runs of an AVX2 and an AVX-512 CPU differ as much as an effect: results.json must say which it was."""
+    import os
+
+    import torch
+
+    machine = quick_run[1]["machine"]
+    assert machine["cpu_capability"] == torch.backends.cpu.get_cpu_capability() and machine["cpus"] == os.cpu_count()
+    assert machine["torch"] == torch.__version__
