@@ -703,13 +703,22 @@ def run_seg_effect(out: Path, preset_name: str = "default", device: str = "cpu",
     return results
 
 
+def _cpu_model() -> str:
+    """The CPU's model name on Linux (platform.processor() is empty there)."""
+    try:
+        lines = Path("/proc/cpuinfo").read_text(encoding="utf-8", errors="replace").splitlines()
+    except OSError:
+        return ""
+    return next((line.split(":", 1)[1].strip() for line in lines if line.startswith("model name")), "")
+
+
 def machine_description() -> dict[str, Any]:
     """What the numbers depend on beyond the seed: the same runs on an AVX2 and an AVX-512 CPU differ by as
     much as an effect (oneDNN's kernels round differently; docs/evidence.md), so rows of different machines
     must not be paired."""
     import platform
 
-    return {"cpu_capability": torch.backends.cpu.get_cpu_capability(), "processor": platform.processor(),
+    return {"cpu_capability": torch.backends.cpu.get_cpu_capability(), "processor": _cpu_model() or platform.processor(),
             "machine": platform.machine(), "cpus": os.cpu_count(), "torch": torch.__version__,
             "cuda_device": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None}
 
