@@ -38,7 +38,7 @@ import advseg_cli.training.loop as loop_module  # noqa: E402
 from advseg_cli.segcache import SegcacheConfig, build_segcache  # noqa: E402
 from bench.machine import describe_machine  # noqa: E402
 from bench.profile_step import CASES, Case, batches, build_trainer, make_dataset, one_step, prepare_seg  # noqa: E402
-from bench.profile_step import shapes_segmenter_factory  # noqa: E402
+from bench.profile_step import load_size, shapes_segmenter_factory  # noqa: E402
 
 
 def map_channel_skipping(trainer: Any, on: bool) -> None:
@@ -70,10 +70,6 @@ def all_levers(trainer: Any, on: bool) -> None:
 
 
 LEVERS["all"] = all_levers
-
-
-def load_size(case: Case) -> int:
-    return 2 * round(case.size * 286 / 256 / 2) if case.setting == "wide" else 72
 
 
 def compare(case: Case, lever: str, root: Path, steps: int, warmup: int) -> dict[str, Any]:

@@ -212,6 +212,11 @@ def attribute(events: list[Any], steps: int) -> dict[str, Any]:
 
 
 # ----------------------------------------------------------------------------- running
+def load_size(case: Case) -> int:
+    """The resize before the crop: the public 286/256 ratio (wide), the experiment's 72 for 64 (small)."""
+    return 2 * round(case.size * 286 / 256 / 2) if case.setting == "wide" else 72
+
+
 def build_trainer(case: Case, data: Path, segcache: Path | None, seg_folder: Path | None, runs: Path,
                   steps: int) -> Trainer:
     options: dict[str, Any] = {"advseg": case.advseg, "ngf": case.ngf, "ndf": case.ndf}
@@ -221,7 +226,7 @@ def build_trainer(case: Case, data: Path, segcache: Path | None, seg_folder: Pat
     config = TrainConfig(name=case.name.replace(": ", "-").replace(" + ", "-"), sketches=data / "trainA",
                          photos=data / "trainB", model=case.model, model_options=options, runs_dir=runs,
                          segcache=segcache if uses_seg else None, seg_weights=seg_folder if uses_seg else None,
-                         load_size=2 * round(case.size * 286 / 256 / 2) if case.setting == "wide" else 72,
+                         load_size=load_size(case),
                          crop_size=case.size, batch_size=1, epochs=1000, epochs_decay=0, device="cpu", workers=0,
                          max_steps=steps, log_every=10, log_seg_grad_norm=case.log_seg_grad_norm,
                          sample_every=10**9, save_every=10**9, save_epoch_every=10**9, quiet=True)
@@ -334,7 +339,7 @@ def main() -> None:
                                     case.size)
                 seg_folder, _ = prepare_seg("mask2former-tiny-random", root / f"seg-{case.size}")
                 segcache = root / f"segcache-{case.size}-{case.seg}.h5"  # real-photo labels (their values do not
-                load = 2 * round(case.size * 286 / 256 / 2) if case.setting == "wide" else 72  # change the time)
+                load = load_size(case)  # change the time)
                 build_segcache(data / "trainB", segcache,
                                SegcacheConfig(backend="mask2former", weights=seg_folder, square=load, batch_size=8,
                                               workers=0, device="cpu", precision="fp32", quiet=True))
