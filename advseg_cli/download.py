@@ -107,7 +107,9 @@ def _transfer(url: str, part: Path, *, timeout: float, quiet: bool, label: str) 
         with open(part, "ab" if offset else "wb") as handle, \
                 progress(total=expected_total, desc=label, quiet=quiet, unit="B") as bar:
             bar.update(offset)
-            for chunk in iter(lambda: response.read(CHUNK), b""):
+            # read1: whatever has arrived, up to CHUNK (read() waits for a whole CHUNK), so a signal or a
+            # broken connection mid-file leaves every byte received in the part for the Range request
+            for chunk in iter(lambda: response.read1(CHUNK), b""):
                 handle.write(chunk)
                 bar.update(len(chunk))
             handle.flush()

@@ -321,3 +321,52 @@ def test_data_prepare_keeps_its_photos_records_the_interruption_apart_and_contin
     continued_maps, reference_maps = truth_maps(world), truth_maps(straight_world)
     assert sorted(continued_maps) == sorted(reference_maps) and len(reference_maps) == WORLD_PHOTOS
     assert all(np.array_equal(continued_maps[key], reference_maps[key]) for key in reference_maps)
+
+
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
+def test_a_signal_during_a_download_keeps_the_photos_and_the_part_and_the_command_finishes_them(
+        tmp_path: Path, signum: int) -> None:
+    """A signal lands while a photo is half downloaded (the host stalls it): the finished photos stay, the
+    half-received bytes stay as the ``.part`` the next run resumes with a Range request, the dataset's
+    record is not written (it would mean "fetched"), the interruption has its own record, and the printed
+    command brings every listed photo, each with its listed sha256."""
+    import hashlib
+
+    from advseg_cli.datasets.prepare import DATA_RECORD, INTERRUPTED_RECORD
+    from advseg_cli.download import part_path
+    from tests.datasets.fixture_server import serve
+    from tests.datasets.kit import build_mirror, write_lists
+
+    entries = build_mirror(tmp_path / "host")
+    lists = write_lists(tmp_path / "lists", "elephant", entries)
+    stalled = entries[2]  # after two whole photos
+    with serve(tmp_path / "host") as server:
+        server.fail_next(stalled.source, "stall")
+        args = ["data", "prepare", "elephant", "data", "--steps", "fetch", "--lists", str(lists),
+                "--mirror", server.url, "--quiet"]
+        process = start_advseg(args, tmp_path)
+        wait_until(server.stalled.is_set, process)
+        process.send_signal(signum)
+        _, stderr = process.communicate(timeout=60)
+        server.release()
+        assert process.returncode == EXIT_STATUS[signum], stderr
+        assert "Traceback" not in stderr
+        assert f"continue with: {shlex.join(['advseg', *args])}" in stderr
+        folder = tmp_path / "data" / "elephant"
+        assert not (folder / DATA_RECORD).exists(), "an interrupted fetch looks fetched"
+        record = json.loads((folder / INTERRUPTED_RECORD).read_text())
+        assert record["status"] == "interrupted" and record["counts"]["done"] == 2
+        destination = folder / f"{stalled.split}B" / stalled.file
+        assert not destination.exists(), "a half-received photo under its final name"
+        received = part_path(destination).stat().st_size
+        assert 0 < received < stalled.size
+
+        resumed = run_advice(stderr, tmp_path)
+        assert resumed.returncode == 0, resumed.stderr
+        assert server.requests_of(stalled.source)[-1] == f"bytes={received}-", "not resumed from the part"
+    assert json.loads((folder / DATA_RECORD).read_text())["status"] == "complete"
+    assert not (folder / INTERRUPTED_RECORD).exists()
+    for entry in entries:
+        path = folder / f"{entry.split}B" / entry.file
+        assert hashlib.sha256(path.read_bytes()).hexdigest() == entry.sha256, entry.file
+    assert [p.name for p in folder.rglob("*.part")] == []

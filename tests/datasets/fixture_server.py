@@ -2,7 +2,8 @@
 
 ``faults[path]`` is a queue of what the next requests of ``path`` get instead of the file:
 ``truncate`` (the full Content-Length is announced, half the bytes are sent, the connection closes),
-``corrupt`` (the right length, wrong bytes) or ``missing`` (404). Every request is logged with its
+``corrupt`` (the right length, wrong bytes), ``missing`` (404) or ``stall`` (half the bytes are sent, then
+nothing until ``release()``: a transfer in progress, for a signal to land in). Every request is logged with its
 Range header, so a test can see that an interrupted download resumed instead of starting over.
 """
 
@@ -22,6 +23,8 @@ class FixtureServer:
         self.root = root
         self.faults: dict[str, deque[str]] = defaultdict(deque)
         self.requests: list[tuple[str, str | None]] = []
+        self.stalled = threading.Event()  # set once a ``stall`` fault has sent its first half
+        self._released = threading.Event()
         self._server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
         self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
 
@@ -31,6 +34,10 @@ class FixtureServer:
 
     def fail_next(self, path: str, *faults: str) -> None:
         self.faults[path.lstrip("/")].extend(faults)
+
+    def release(self) -> None:
+        """Let every stalled transfer (and any later ``stall``) go on at once."""
+        self._released.set()
 
     def requests_of(self, path: str) -> list[str | None]:
         return [ranged for requested, ranged in self.requests if requested == path.lstrip("/")]
@@ -70,6 +77,14 @@ class FixtureServer:
                     self.close_connection = True
                     self.connection.shutdown(socket.SHUT_RDWR)
                     return
+                if fault == "stall":
+                    self.wfile.write(payload[: len(payload) // 2])
+                    self.wfile.flush()
+                    server.stalled.set()
+                    server._released.wait(60)
+                    with contextlib.suppress(OSError):  # the client may have gone meanwhile
+                        self.wfile.write(payload[len(payload) // 2:])
+                    return
                 if fault == "corrupt":
                     payload = bytes(reversed(payload))
                 self.wfile.write(payload)
@@ -81,6 +96,7 @@ class FixtureServer:
         return self
 
     def __exit__(self, *exc: object) -> None:
+        self.release()
         self._server.shutdown()
         self._server.server_close()
 
