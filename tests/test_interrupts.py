@@ -28,9 +28,12 @@ from tests.training.test_training import make_dataset
 ADVSEG = str(Path(sys.executable).with_name("advseg"))
 
 
-def start_advseg(args: list[str], cwd: Path) -> subprocess.Popen:
+def start_advseg(args: list[str], cwd: Path, env: dict[str, str] | None = None,
+                 own_session: bool = False) -> subprocess.Popen:
+    """``own_session``: the command leads its own process group, as a shell's foreground job does, so
+    ``os.killpg`` reaches it the way a Ctrl-C at the terminal does (and not the test's own process)."""
     return subprocess.Popen([ADVSEG, *args], cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            env={**os.environ, "ADVSEG_OFFLINE": "1"})
+                            env={**os.environ, "ADVSEG_OFFLINE": "1", **(env or {})}, start_new_session=own_session)
 
 
 def wait_until(condition, process: subprocess.Popen, timeout: float = 120.0) -> None:

@@ -9,10 +9,12 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import shlex
 import signal
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 from click.testing import CliRunner
@@ -321,6 +323,103 @@ def test_a_signal_stops_the_experiment_with_its_own_advice_and_its_command_conti
     reference = [{key: value for key, value in row.items() if key != "train_seconds"}
                  for row in quick_results["rows"] if row["model"] == "pix2pix" and row["mode"] in ("none", "soft")]
     assert sorted(untimed, key=repr) == sorted(reference, key=repr)
+
+
+SLOW_STEP_HOOK = """
+import os, time
+from pathlib import Path
+from advseg_cli.training import loop
+
+_step = loop.Trainer.step
+
+
+def _slow_step(self, batch):
+    Path(os.environ["ADVSEG_TEST_STEP_MARKS"], str(os.getpid())).touch()  # this worker is inside a step
+    time.sleep(float(os.environ["ADVSEG_TEST_STEP_SECONDS"]))
+    return _step(self, batch)
+
+
+loop.Trainer.step = _slow_step
+"""
+SLOW_STEP_S = 40.0  # long enough that a step finished after the second signal shows in the time to exit
+
+
+def start_with_slow_steps(quick_out: Path, tmp_path: Path, seconds: float, own_session: bool = False) -> Any:
+    """The quick experiment (its world and Seg copied) with every training step lasting ``seconds``: a
+    ``sitecustomize`` on the workers' path slows ``Trainer.step`` and marks each worker inside one.
+    Returns the process once both workers are inside their first step, and their pids."""
+    import shutil
+
+    from tests.test_interrupts import start_advseg, wait_until
+
+    out = tmp_path / "exp"
+    for part in ("world", "seg"):
+        shutil.copytree(quick_out / part, out / part)
+    hook, marks = tmp_path / "hook", tmp_path / "marks"
+    hook.mkdir()
+    marks.mkdir()
+    (hook / "sitecustomize.py").write_text(SLOW_STEP_HOOK)
+    path = os.pathsep.join(filter(None, [str(hook), os.environ.get("PYTHONPATH", "")]))
+    env = {"PYTHONPATH": path, "ADVSEG_TEST_STEP_MARKS": str(marks), "ADVSEG_TEST_STEP_SECONDS": str(seconds)}
+    process = start_advseg(["experiment", "seg-effect", "exp", *INTERRUPT_ARGS, "--jobs", "2"], tmp_path, env,
+                           own_session)
+    wait_until(lambda: len(list(marks.iterdir())) >= 2, process, 240)
+    workers = pool_workers(children_of(process.pid))
+    assert sorted(workers) == sorted(int(mark.name) for mark in marks.iterdir())
+    return process, workers
+
+
+def run_records(out: Path) -> list[dict[str, Any]]:
+    return [json.loads(record.read_text()) for record in sorted((out / "runs").glob("*/advseg-run.json"))]
+
+
+@requires_hed_weights
+@pytest.mark.parametrize("signals", [(signal.SIGTERM, signal.SIGTERM), (signal.SIGINT, signal.SIGTERM)],
+                         ids=["SIGTERM-twice", "SIGINT-then-SIGTERM"])
+def test_a_second_signal_stops_the_experiments_workers_inside_their_step(
+        quick_run: tuple[Path, dict, str], tmp_path: Path, signals: tuple[int, int]) -> None:
+    """The first signal lets each worker finish its step; a second one, passed on by the parent, stops
+    them inside it, and each records its own interruption (at step 0: the step was cut). Each step here
+    lasts 40 s, so a command that ends within 20 s of the second signal did not wait for it; one whose
+    workers were killed after the parent's grace instead would leave their records saying "running"."""
+    from tests.test_interrupts import EXIT_STATUS
+
+    process, workers = start_with_slow_steps(quick_run[0], tmp_path, SLOW_STEP_S)
+    process.send_signal(signals[0])
+    time.sleep(1.0)
+    process.send_signal(signals[1])
+    second = time.monotonic()
+    _, stderr = process.communicate(timeout=120)
+    took = time.monotonic() - second
+    assert process.returncode == EXIT_STATUS[signals[0]], stderr  # the first signal decides
+    assert took < SLOW_STEP_S / 2, f"{took:.0f} s after the second signal: the workers finished their step"
+    assert "stopping the runs at once" in stderr and "Traceback" not in stderr, stderr
+    assert not [pid for pid in workers if alive(pid)], "a worker outlived the command"
+    out = tmp_path / "exp"
+    assert json.loads((out / "advseg-run.json").read_text())["status"] == "interrupted"
+    records = run_records(out)
+    assert [(r["status"], r["counts"].get("steps")) for r in records] == [("interrupted", 0)] * 2, records
+
+
+@requires_hed_weights
+def test_ctrl_c_at_the_terminal_lets_each_worker_finish_its_step(
+        quick_run: tuple[Path, dict, str], tmp_path: Path) -> None:
+    """A Ctrl-C at the terminal goes to the whole foreground process group. The workers have a group of
+    their own, so each hears it once, from the parent, and finishes its step (one that heard it twice, from
+    the terminal too, would take it for a second signal and cut the step); the pool's resource tracker, in
+    the parent's group, ignores it. Steps of 5 s: each run's record says interrupted after step 1."""
+    from tests.test_interrupts import EXIT_STATUS
+
+    process, workers = start_with_slow_steps(quick_run[0], tmp_path, 5.0, own_session=True)
+    os.killpg(process.pid, signal.SIGINT)
+    _, stderr = process.communicate(timeout=120)
+    assert process.returncode == EXIT_STATUS[signal.SIGINT], stderr
+    assert "Traceback" not in stderr and "stopping the runs at once" not in stderr, stderr
+    assert not [pid for pid in workers if alive(pid)], "a worker outlived the command"
+    out = tmp_path / "exp"
+    assert json.loads((out / "advseg-run.json").read_text())["status"] == "interrupted"
+    records = run_records(out)
+    assert [(r["status"], r["counts"].get("steps")) for r in records] == [("interrupted", 1)] * 2, records
 
 
 @requires_hed_weights
