@@ -26,8 +26,10 @@ def _names(text: str | None) -> tuple[str, ...] | None:
 @click.option("--quick", is_flag=True, help="Same as --preset quick.")
 @click.option("--models", metavar="LIST", help="Comma-separated models of advseg train: cyclegan, pix2pix, autopainter, "
                                                "cut, fastcut.", show_default="cyclegan,pix2pix")
-@click.option("--modes", metavar="LIST", help="Comma-separated subset of none, compat, soft, straight.",
-              show_default="all four")
+@click.option("--modes", metavar="LIST", help="Comma-separated modes: none, compat, soft, straight, and the variants "
+                                              "soft-real, soft-augment, soft-warmup, soft-balance, soft-all, consistency "
+                                              "(docs/evidence.md says what each sets).",
+              show_default="none,compat,soft,straight")
 @click.option("--seeds", metavar="LIST", help="Comma-separated seeds.", show_default="the preset's: 0,1 quick, 0-4 else")
 @click.option("--device", default="cpu", help="auto, cpu, cuda or cuda:N.")
 @click.option("--threads", type=click.IntRange(min=0), default=0, show_default="0: torch's default",
