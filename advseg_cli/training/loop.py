@@ -33,7 +33,8 @@ from advseg_cli.errors import (AdvsegError, IncompatibleInputError, TrainingDive
                                WeightsNotFoundError)
 from advseg_cli.files import sha256_file, write_bytes_atomic
 from advseg_cli.images import write_png
-from advseg_cli.interrupts import StageInterrupted, StopAtStepBoundary, same_command, stop_already_under_way
+from advseg_cli.interrupts import (StageInterrupted, StopAtStepBoundary, same_command, signals_deferred,
+                                   stop_already_under_way)
 from advseg_cli.models.advseg import MODELS, AdvSegModel, build_model, model_config, uses_segmenter
 from advseg_cli.progress import progress
 from advseg_cli.runrecord import FOLDER_RECORD_NAME, RunRecord, read_record, record_path_for
@@ -717,7 +718,8 @@ class Trainer:
                     if step % config.save_every == 0 or step == total_steps or self._stop_agreed(stop):
                         last = self._log(pending, time.perf_counter() - timer) if pending else last
                         pending, timer = [], time.perf_counter()
-                        self.save()
+                        with signals_deferred():  # a second signal waits for the checkpoint: never cut one
+                            self.save()
                     if stop.requested and step < total_steps:
                         raise TrainingInterrupted(self._interrupted_message(stop.requested))
                     if step >= total_steps:
