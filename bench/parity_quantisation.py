@@ -23,7 +23,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from advseg_cli.colorize import Geometry, generate, load_generator, prepare_sketch, quantise  # noqa: E402
+from advseg_cli.colorize import (ColorizeConfig, generate, load_generator, prepare_sketch, quantise,  # noqa: E402
+                                 resolve_geometry)
 from advseg_cli.experiments.seg_effect import Scorer  # noqa: E402
 from advseg_cli.images import read_rgb  # noqa: E402
 
@@ -32,7 +33,7 @@ def colorize_in_float(run: Path, world: Path, names: list[str], size: int) -> to
     """The generator's [-1, 1] outputs for every test sketch, in eval mode, as colorize's deterministic mode."""
     loaded = load_generator(run)
     network = loaded.network.eval()
-    geometry = Geometry(mode="deterministic", size=size, load_size=size, seed=0, multiple=4)
+    geometry = resolve_geometry(ColorizeConfig(size=size), loaded)
     inputs = [prepare_sketch(read_rgb(world / "testA" / name), Path(name), geometry).network_input for name in names]
     with torch.no_grad():
         return torch.cat([generate(network, inputs[i:i + 16], torch.device("cpu"), "fp32")
@@ -60,7 +61,7 @@ def main() -> None:
         rows.append({"run": run.name, "mae_rounded": rounded["mae"], "mae_truncated": truncated["mae"],
                      "miou_rounded": rounded["miou"], "miou_truncated": truncated["miou"]})
         print(f"{run.name}: MAE rounded {rounded['mae']:.3f}, truncated {truncated['mae']:.3f} "
-              f"(+{truncated['mae'] - rounded['mae']:.3f}); mIoU {rounded['miou']:.4f} / {truncated['miou']:.4f}")
+              f"({truncated['mae'] - rounded['mae']:+.3f}); mIoU {rounded['miou']:.4f} / {truncated['miou']:.4f}")
     bias = np.array([row["mae_truncated"] - row["mae_rounded"] for row in rows])
     print(f"truncation moves the MAE by {bias.mean():+.3f} levels (runs: {bias.min():+.3f} .. {bias.max():+.3f})")
     (args.parity / "quantisation.json").write_text(json.dumps({"runs": rows, "mae_bias_mean": float(bias.mean())},

@@ -369,8 +369,12 @@ def start_with_slow_steps(quick_out: Path, tmp_path: Path, seconds: float, own_s
     return process, workers
 
 
-def run_records(out: Path) -> list[dict[str, Any]]:
-    return [json.loads(record.read_text()) for record in sorted((out / "runs").glob("*/advseg-run.json"))]
+def assert_every_run_interrupted_at(out: Path, workers: list[int], steps: int) -> None:
+    """No worker left, the experiment's record and each run's own record "interrupted", each after ``steps``."""
+    assert not [pid for pid in workers if alive(pid)], "a worker outlived the command"
+    assert json.loads((out / "advseg-run.json").read_text())["status"] == "interrupted"
+    records = [json.loads(record.read_text()) for record in sorted((out / "runs").glob("*/advseg-run.json"))]
+    assert [(r["status"], r["counts"].get("steps")) for r in records] == [("interrupted", steps)] * 2, records
 
 
 @requires_hed_weights
@@ -394,11 +398,7 @@ def test_a_second_signal_stops_the_experiments_workers_inside_their_step(
     assert process.returncode == EXIT_STATUS[signals[0]], stderr  # the first signal decides
     assert took < SLOW_STEP_S / 2, f"{took:.0f} s after the second signal: the workers finished their step"
     assert "stopping the runs at once" in stderr and "Traceback" not in stderr, stderr
-    assert not [pid for pid in workers if alive(pid)], "a worker outlived the command"
-    out = tmp_path / "exp"
-    assert json.loads((out / "advseg-run.json").read_text())["status"] == "interrupted"
-    records = run_records(out)
-    assert [(r["status"], r["counts"].get("steps")) for r in records] == [("interrupted", 0)] * 2, records
+    assert_every_run_interrupted_at(tmp_path / "exp", workers, steps=0)
 
 
 @requires_hed_weights
@@ -415,11 +415,7 @@ def test_ctrl_c_at_the_terminal_lets_each_worker_finish_its_step(
     _, stderr = process.communicate(timeout=120)
     assert process.returncode == EXIT_STATUS[signal.SIGINT], stderr
     assert "Traceback" not in stderr and "stopping the runs at once" not in stderr, stderr
-    assert not [pid for pid in workers if alive(pid)], "a worker outlived the command"
-    out = tmp_path / "exp"
-    assert json.loads((out / "advseg-run.json").read_text())["status"] == "interrupted"
-    records = run_records(out)
-    assert [(r["status"], r["counts"].get("steps")) for r in records] == [("interrupted", 1)] * 2, records
+    assert_every_run_interrupted_at(tmp_path / "exp", workers, steps=1)
 
 
 @requires_hed_weights
