@@ -112,3 +112,28 @@ def test_a_pool_worker_notes_signals_between_runs_and_refuses_the_next_run() -> 
         assert not started
     finally:
         note_stop_signals()  # clears what was noted (the autouse fixture restores the handlers)
+
+
+def test_a_signal_just_after_the_steps_stop_decision_stops_after_the_next_step_with_its_checkpoint(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The signal lands after the step boundary decided "go on" (in a torchrun job: during the ranks'
+    agreement, seen on a fast machine). The save and the stop must follow the same decision: the run goes on
+    to the next step, then saves and stops there, never stopping with no checkpoint of the step it names."""
+    import torch
+
+    data = make_dataset(tmp_path / "data")
+    original_agreed = loop.Trainer._stop_agreed
+
+    def agreed_then_signalled(self: loop.Trainer, stop: object) -> bool:
+        decided = original_agreed(self, stop)
+        if self.position.step == 2:
+            os.kill(os.getpid(), signal.SIGINT)  # right after step 2's decision
+        return decided
+
+    monkeypatch.setattr(loop.Trainer, "_stop_agreed", agreed_then_signalled)
+    with pytest.raises(loop.TrainingInterrupted, match="at step 3 of 6"):
+        loop.train(tiny_config(data, tmp_path / "runs", model="pix2pix", max_steps=6))
+    record = json.loads((tmp_path / "runs" / "run" / "advseg-run.json").read_text())
+    assert record["status"] == "interrupted" and record["counts"]["steps"] == 3
+    saved = torch.load(tmp_path / "runs" / "run" / "checkpoints" / "latest.pt", weights_only=True)
+    assert saved["position"]["step"] == 3

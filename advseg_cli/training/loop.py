@@ -715,12 +715,15 @@ class Trainer:
                                          if k in ("loss/G_total", "loss/D_total")})
                     if self.ddp.is_main and step % config.sample_every == 0:
                         write_png(self.folder.samples / f"step_{step:07d}.png", sample_grid(self.model, batch))
-                    if step % config.save_every == 0 or step == total_steps or self._stop_agreed(stop):
+                    # Decided once per step, and the save and the stop both follow that decision: a signal that
+                    # lands after it (between the two) is acted on at the next step, never as a stop without save
+                    stopping = self._stop_agreed(stop)
+                    if step % config.save_every == 0 or step == total_steps or stopping:
                         last = self._log(pending, time.perf_counter() - timer) if pending else last
                         pending, timer = [], time.perf_counter()
                         with signals_deferred():  # a second signal waits for the checkpoint: never cut one
                             self.save()
-                    if stop.requested and step < total_steps:
+                    if stopping and step < total_steps:
                         raise TrainingInterrupted(self._interrupted_message(stop.requested))
                     if step >= total_steps:
                         break
