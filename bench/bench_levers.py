@@ -13,7 +13,8 @@ Levers (each exact in fp32 but for the order of sums, see its test):
   (``tests/training/test_training_variants.py::test_gradient_norms_measured_every_nth_step_...``);
 * ``foreach-adam``: Adam's multi-tensor implementation, which torch picks by itself only on CUDA; the same
   values bit for bit (``tests/training/test_training_variants.py::test_the_trainers_adam_...``);
-* ``all``: every lever against none of them (the step of the commit before them).
+* ``all``: every kept lever against none of them (the step of the commit before them);
+* ``bf16``: the whole step under bf16 autocast (``--precision bf16``) against fp32; not exact, not in ``all``.
 
     python bench/bench_levers.py --threads 1 --steps 30
 """
@@ -59,9 +60,14 @@ def multi_tensor_adam(trainer: Any, on: bool) -> None:
             group["foreach"] = True if on else None
 
 
+def bf16_autocast(trainer: Any, on: bool) -> None:
+    """The whole step under bf16 autocast (``--precision bf16``) or in fp32."""
+    trainer.config = dataclasses.replace(trainer.config, precision="bf16" if on else "fp32")
+
+
 LEVERS: dict[str, Callable[[Any, bool], None]] = {"skip-map-channels": map_channel_skipping,
                                                   "grad-norm-every-100": sparse_gradient_norms,
-                                                  "foreach-adam": multi_tensor_adam}
+                                                  "foreach-adam": multi_tensor_adam, "bf16": bf16_autocast}
 
 
 def all_levers(trainer: Any, on: bool) -> None:
@@ -122,7 +128,7 @@ def main() -> None:
             with tempfile.TemporaryDirectory(prefix="bench-levers-") as tmp:
                 rows.append(compare(case, args.lever, Path(tmp), steps, args.warmup))
             print(f"  done {case.name}", file=sys.stderr, flush=True)
-    print(f"Machine: {describe_machine(torch.device('cpu'))}; torch {torch.__version__}; {args.threads} thread(s)\n")
+    print(f"Machine: {describe_machine(torch.device('cpu'))}\n")
     print("| setting | lever | CPU s/step without | with | speed-up |\n|---|---|---:|---:|---:|")
     for row in rows:
         print(f"| {row['case']} | {row['lever']} | {row['without_s']:.3f} | {row['with_s']:.3f} | "
