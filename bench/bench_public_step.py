@@ -82,6 +82,24 @@ def build_public_model(reference: Path, case: Case, checkpoints: Path) -> Any:
     return model
 
 
+NETWORKS = {"cyclegan": {"generators": (("G_A", "G_B"), ("netG_A", "netG_B")),
+                         "discriminators": (("D_A", "D_B"), ("netD_A", "netD_B"))},
+            "pix2pix": {"generators": (("G",), ("netG",)), "discriminators": (("D",), ("netD",))}}
+
+
+def parameter_count(owner: Any, names: tuple[str, ...]) -> int:
+    return sum(p.numel() for name in names for p in getattr(owner, name).parameters())
+
+
+def check_same_networks(case: Case, ours: Any, public: Any) -> None:
+    """Refuse to time two steps whose networks differ in size: the comparison would be of other work."""
+    for kind, (our_names, public_names) in NETWORKS[case.model].items():
+        mine, theirs = parameter_count(ours.model, our_names), parameter_count(public, public_names)
+        if mine != theirs:
+            raise SystemExit(f"{case.name}: our {kind} have {mine} parameters, the public code's {theirs}; "
+                             "the options of public_options() no longer build the same networks")
+
+
 def public_step(model: Any, batch: dict[str, Any]) -> None:
     """One public training iteration on our batch: set_input + optimize_parameters, as its train.py."""
     model.set_input({"A": batch["real_A"], "B": batch["real_B"], "A_paths": ["a"], "B_paths": ["b"]})
@@ -116,6 +134,7 @@ def compare(case: Case, reference: Path, root: Path, steps: int, warmup: int) ->
             device="cpu", precision="fp32", quiet=True))
     ours = {precision: build_ours(case, root, data, segcache, seg_folder, precision) for precision in ("fp32", "bf16")}
     public = build_public_model(reference, case, root / "public")
+    check_same_networks(case, ours["fp32"], public)
     sources = {name: batches(trainer) for name, trainer in ours.items()}
     sources["public"] = batches(ours["fp32"])
     seconds: dict[str, list[float]] = {"fp32": [], "bf16": [], "public": []}
