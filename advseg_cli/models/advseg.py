@@ -181,6 +181,7 @@ class CycleGANConfig:
     lambda_a: float = 10.0  # weight of the cycle loss |G_B(G_A(A)) - A|
     lambda_b: float = 10.0  # weight of the cycle loss |G_A(G_B(B)) - B|
     lambda_identity: float = 0.5  # identity loss weight, as a fraction of lambda_a / lambda_b (0: off)
+    cycle_noise: float = 0.0  # std of Gaussian noise on G_B's sketch before G_A reconstructs the photo (0: off)
     pool_size: int = 50  # history of generated images (and maps) shown to the discriminators; 0: none
     advseg: str = "none"  # segmentation discriminators: none | multi (D_M) | binary (D_Bin) | both
     lambda_seg: float = 10.0  # weight of each segmentation discriminator's term in the generator loss
@@ -196,6 +197,8 @@ class CycleGANConfig:
     def validate(self) -> CycleGANConfig:
         _validate_common(self)
         _refuse_color_on_maps(self)
+        if self.cycle_noise < 0:
+            raise AdvsegError(f"--cycle-noise: a standard deviation cannot be negative, got {self.cycle_noise}")
         if self.lambda_identity > 0 and self.sketch_channels != self.photo_channels:
             raise AdvsegError(
                 f"--lambda-identity: the identity loss feeds photos to the sketch->photo generator, which needs "
@@ -534,8 +537,20 @@ class CycleGANAdvSeg(AdvSegModel):
         real_A, real_B = batch["real_A"], batch["real_B"]
         fake_B = self.G_A(real_A)
         fake_A = self.G_B(real_B)
-        return CycleGANFakes(fake_B=fake_B, rec_A=self.G_B(fake_B), fake_A=fake_A, rec_B=self.G_A(fake_A),
-                             fake_B_maps=self.fake_maps(fake_B))
+        return CycleGANFakes(fake_B=fake_B, rec_A=self.G_B(fake_B), fake_A=fake_A,
+                             rec_B=self.G_A(self._sketch_for_cycle(fake_A)), fake_B_maps=self.fake_maps(fake_B))
+
+    def _sketch_for_cycle(self, fake_A: Tensor) -> Tensor:
+        """G_B's sketch as G_A reads it in the photo cycle: with ``cycle_noise``, Gaussian noise on top.
+
+        Without it the cycle rewards G_B for drawing a code of the photo into its sketches (faint
+        marks, textures HED never draws) and G_A learns to read that code instead of sketches;
+        noise drowns what is faint (Chu et al., "CycleGAN, a master of steganography", 2017).
+        Drawn from the global RNG, so a resumed run draws the same noise. Only in training.
+        """
+        if not self.training or self.config.cycle_noise <= 0:
+            return fake_A
+        return fake_A + self.config.cycle_noise * torch.randn_like(fake_A)
 
     def generator_losses(self, batch: Batch, fakes: CycleGANFakes | None = None,
                          freeze_discriminators: bool = True) -> dict[str, Tensor]:

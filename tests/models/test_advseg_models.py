@@ -190,6 +190,29 @@ def test_cyclegan_terms_equal_their_definitions(seg: PixelwiseSeg) -> None:
                    + mse_to(model.D_Bin(binary_from_probs(fake_map)), 0)).item(), rel=1e-5)
 
 
+def test_cycle_noise_reaches_only_the_photo_cycle_and_only_in_training(seg: PixelwiseSeg) -> None:
+    """--cycle-noise: G_A reconstructs the photo from G_B's sketch plus sigma * N(0, 1) drawn from the global
+    RNG (so a resumed run draws the same); the sketch D_B judges, the other cycle and eval mode are clean."""
+    model = tiny("cyclegan", seg, cycle_noise=0.3, pool_size=0)
+    batch = real_batch(seg)
+    torch.manual_seed(7)
+    fakes = model.translate(batch)
+    with torch.no_grad():
+        fake_B, fake_A = model.G_A(batch["real_A"]), model.G_B(batch["real_B"])
+        torch.manual_seed(7)
+        noise = torch.randn_like(fake_A)
+        expected_rec_B = model.G_A(fake_A + 0.3 * noise)
+    torch.testing.assert_close(fakes.fake_A, fake_A, rtol=0, atol=0)
+    torch.testing.assert_close(fakes.rec_A, model.G_B(fake_B), rtol=0, atol=0)
+    torch.testing.assert_close(fakes.rec_B, expected_rec_B, rtol=1e-6, atol=1e-6)
+    assert (fakes.rec_B - model.G_A(fake_A)).abs().max() > 1e-3  # the noise changed what G_A read
+    model.eval()
+    with torch.no_grad():
+        torch.testing.assert_close(model.translate(batch).rec_B, model.G_A(model.G_B(batch["real_B"])), rtol=0, atol=0)
+    with pytest.raises(AdvsegError, match="--cycle-noise"):
+        model_config("cyclegan", cycle_noise=-0.1)
+
+
 def test_pix2pix_terms_equal_their_definitions(seg: PixelwiseSeg) -> None:
     model = tiny("pix2pix", seg, advseg="both", dropout=False)  # no dropout: recomputation is exact
     batch = real_batch(seg)
