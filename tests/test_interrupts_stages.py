@@ -1,7 +1,8 @@
-"""SIGINT and SIGTERM to the per-item stages that tests/test_interrupts.py does not start as processes.
+"""SIGINT and SIGTERM to the per-item stages colorize, segcache and fid.
 
-The real click command runs in this process (no interpreter and torch start-up per run, which keeps the
-suite short), and a real signal is sent to this process by a thread once the stage has finished a few
+colorize runs as its own ``advseg`` process, signalled from outside. For segcache and fid the real click
+command runs in this process (no interpreter and torch start-up per run, which keeps the suite short), and
+a real signal is sent to this process by a thread once the stage has finished a few
 items: the stage's own handlers turn it into the interrupt, exactly as in a separate process. Each stage
 must keep its finished outputs, record "interrupted", print the command that continues, exit 130 / 143,
 and the printed command, run next, must end with outputs equal to those of an uninterrupted run.
@@ -126,17 +127,26 @@ def colorize_args(inputs: dict[str, Path], out: Path) -> list[str]:
 @SIGNALS
 def test_colorize_keeps_its_results_and_the_printed_command_completes_them_equal(
         colorize_inputs: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch, signum: int) -> None:
+    """The real command in its own process, signalled as a scheduler (SIGTERM) or Ctrl-C (SIGINT) does."""
+    from tests.test_interrupts import run_advice, start_advseg, wait_until
+
     out = tmp_path / "out"
     args = colorize_args(colorize_inputs, out)
-    result = interrupted(args, lambda: len(list(out.glob("*.png"))) >= 3, signum, monkeypatch)
+    process = start_advseg(args, tmp_path)
+    wait_until(lambda: len(list(out.glob("*.png"))) >= 3, process)
+    process.send_signal(signum)
+    _, stderr = process.communicate(timeout=120)
+    assert process.returncode == EXIT_STATUS[signum], stderr
+    assert "Traceback" not in stderr
+    assert f"continue with: {shlex.join(['advseg', *args])}" in stderr
     record = json.loads((out / "advseg-run.json").read_text())
     kept = valid_pngs(out)
     assert record["status"] == "interrupted" and 3 <= len(kept) < SKETCHES
     assert record["extra"]["items_finished_before_the_interrupt"] <= len(kept)
     assert [p.name for p in out.iterdir() if p.name.startswith(".")] == [], "a temporary file was left behind"
 
-    resumed = advseg(advice(result, args), monkeypatch)
-    assert resumed.exit_code == 0, resumed.stderr
+    resumed = run_advice(stderr, tmp_path)
+    assert resumed.returncode == 0, resumed.stderr
     assert f"{SKETCHES - len(kept)} written, {len(kept)} already done" in resumed.stdout
     straight = colorize_inputs["root"] / "straight"
     if not straight.exists():
