@@ -19,10 +19,10 @@ from advseg_cli.models.perceptual import PERCEPTUAL_LAYERS
 # Options that configure the model; passed on only when given, so each model keeps its own
 # defaults (lambda_seg 10 for CycleGAN and 100 for Pix2Pix, instance vs batch norm, ...).
 MODEL_OPTIONS = ("arch", "ngf", "ndf", "n_layers_d", "norm", "dropout", "gan_mode", "advseg", "lambda_seg",
-                 "seg_grad", "pool_size", "lambda_a", "lambda_b", "lambda_identity", "cycle_noise", "lambda_l1", "lambda_tv",
-                 "lambda_feat", "perceptual_layer", "lambda_gan", "lambda_nce", "nce_idt", "nce_layers", "num_patches",
-                 "nce_t", "netf_nc", "flip_equivariance", "seg_real", "seg_augment", "seg_warmup", "seg_balance",
-                 "seg_consistency")
+                 "seg_grad", "pool_size", "lambda_a", "lambda_b", "lambda_identity", "cycle_noise", "cycle_binarize",
+                 "lambda_l1", "lambda_tv", "lambda_feat", "perceptual_layer", "lambda_gan", "lambda_nce", "nce_idt",
+                 "nce_layers", "num_patches", "nce_t", "netf_nc", "flip_equivariance", "seg_real", "seg_augment",
+                 "seg_warmup", "seg_balance", "seg_consistency")
 
 
 def _default_workers() -> int:
@@ -86,6 +86,9 @@ def _default_workers() -> int:
 @click.option("--cycle-noise", type=click.FloatRange(min=0), metavar="SIGMA", show_default="0: off",
               help="CycleGAN: Gaussian noise (std, images in [-1, 1]) on G_B's sketch before G_A reconstructs the "
                    "photo from it, so G_A cannot learn a code hidden in G_B's sketches.")
+@click.option("--cycle-binarize/--no-cycle-binarize", default=None, show_default="off",
+              help="CycleGAN: G_A reconstructs the photo from G_B's sketch thresholded to black and white, as real "
+                   "sketches are (straight-through gradient), so no grey level can carry a hidden code.")
 @click.option("--lambda-l1", type=click.FloatRange(min=0), show_default="100 / 50",
               help="Pix2Pix / AutoPainter L1 loss.")
 @click.option("--lambda-tv", type=click.FloatRange(min=0), show_default="1e-3",

@@ -99,6 +99,11 @@ def straight_through(hard: Tensor, soft: Tensor) -> Tensor:
     return hard.to(soft.dtype) + (soft - soft.detach())  # (x - x) is exactly 0: the forward is exactly hard
 
 
+def binarized_straight_through(sketch: Tensor) -> Tensor:
+    """A sketch in [-1, 1] thresholded at mid-grey (0) to black and white; the gradient passes as identity."""
+    return straight_through(torch.where(sketch > 0, 1.0, -1.0).to(sketch.dtype), sketch)
+
+
 def _flag(field: str) -> str:
     return "--" + field.replace("_", "-")
 
@@ -182,6 +187,7 @@ class CycleGANConfig:
     lambda_b: float = 10.0  # weight of the cycle loss |G_A(G_B(B)) - B|
     lambda_identity: float = 0.5  # identity loss weight, as a fraction of lambda_a / lambda_b (0: off)
     cycle_noise: float = 0.0  # std of Gaussian noise on G_B's sketch before G_A reconstructs the photo (0: off)
+    cycle_binarize: bool = False  # G_A reconstructs the photo from G_B's sketch thresholded at mid-grey (straight-through)
     pool_size: int = 50  # history of generated images (and maps) shown to the discriminators; 0: none
     advseg: str = "none"  # segmentation discriminators: none | multi (D_M) | binary (D_Bin) | both
     lambda_seg: float = 10.0  # weight of each segmentation discriminator's term in the generator loss
@@ -541,16 +547,20 @@ class CycleGANAdvSeg(AdvSegModel):
                              rec_B=self.G_A(self._sketch_for_cycle(fake_A)), fake_B_maps=self.fake_maps(fake_B))
 
     def _sketch_for_cycle(self, fake_A: Tensor) -> Tensor:
-        """G_B's sketch as G_A reads it in the photo cycle: with ``cycle_noise``, Gaussian noise on top.
+        """G_B's sketch as G_A reads it in the photo cycle: binarised (``cycle_binarize``), then with
+        Gaussian noise on top (``cycle_noise``).
 
-        Without it the cycle rewards G_B for drawing a code of the photo into its sketches (faint
-        marks, textures HED never draws) and G_A learns to read that code instead of sketches;
-        noise drowns what is faint (Chu et al., "CycleGAN, a master of steganography", 2017).
-        Drawn from the global RNG, so a resumed run draws the same noise. Only in training.
+        Without them the cycle rewards G_B for drawing a code of the photo into its sketches (faint
+        marks, grey levels and textures HED never draws) and G_A learns to read that code instead of
+        sketches (Chu et al., "CycleGAN, a master of steganography", 2017). Noise drowns what is faint;
+        binarising, as the real sketches are binary, removes every grey level, and its straight-through
+        gradient still trains G_B through the cycle. The noise is drawn from the global RNG, so a
+        resumed run draws the same, and only in training; binarising is deterministic and always on.
         """
+        sketch = binarized_straight_through(fake_A) if self.config.cycle_binarize else fake_A
         if not self.training or self.config.cycle_noise <= 0:
-            return fake_A
-        return fake_A + self.config.cycle_noise * torch.randn_like(fake_A)
+            return sketch
+        return sketch + self.config.cycle_noise * torch.randn_like(sketch)
 
     def generator_losses(self, batch: Batch, fakes: CycleGANFakes | None = None,
                          freeze_discriminators: bool = True) -> dict[str, Tensor]:

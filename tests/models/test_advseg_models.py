@@ -19,6 +19,7 @@ from advseg_cli.models.advseg import (
     CycleGANConfig,
     Pix2PixAdvSeg,
     Pix2PixConfig,
+    binarized_straight_through,
     build_model,
     model_config,
 )
@@ -211,6 +212,29 @@ def test_cycle_noise_reaches_only_the_photo_cycle_and_only_in_training(seg: Pixe
         torch.testing.assert_close(model.translate(batch).rec_B, model.G_A(model.G_B(batch["real_B"])), rtol=0, atol=0)
     with pytest.raises(AdvsegError, match="--cycle-noise"):
         model_config("cyclegan", cycle_noise=-0.1)
+
+
+def test_cycle_binarize_feeds_g_a_a_black_and_white_sketch_and_trains_g_b_through_it(seg: PixelwiseSeg) -> None:
+    """--cycle-binarize: G_A reconstructs the photo from sign(G_B's sketch) (0 counts as black), in training
+    and eval alike, while the gradient of the photo cycle reaches G_B as if nothing were thresholded."""
+    model = tiny("cyclegan", seg, cycle_binarize=True, pool_size=0)
+    batch = real_batch(seg)
+    fakes = model.translate(batch)
+    with torch.no_grad():
+        fake_A = model.G_B(batch["real_B"])
+        black_and_white = torch.where(fake_A > 0, torch.ones_like(fake_A), -torch.ones_like(fake_A))
+        torch.testing.assert_close(fakes.rec_B, model.G_A(black_and_white), rtol=0, atol=0)
+    torch.testing.assert_close(fakes.fake_A, fake_A, rtol=0, atol=0)  # D_B still judges the grey sketch
+    torch.testing.assert_close(fakes.rec_A, model.G_B(fakes.fake_B), rtol=0, atol=0)
+
+    sketch = torch.tensor([-0.7, -0.0, 0.0, 0.2, 0.9], requires_grad=True)
+    upstream = torch.tensor([1.0, -2.0, 3.0, -4.0, 5.0])
+    (binarized_straight_through(sketch) * upstream).sum().backward()
+    torch.testing.assert_close(binarized_straight_through(sketch.detach()), torch.tensor([-1.0, -1.0, -1.0, 1.0, 1.0]))
+    torch.testing.assert_close(sketch.grad, upstream)
+    model.eval()
+    with torch.no_grad():
+        torch.testing.assert_close(model.translate(batch).rec_B, model.G_A(black_and_white), rtol=0, atol=0)
 
 
 def test_pix2pix_terms_equal_their_definitions(seg: PixelwiseSeg) -> None:
