@@ -36,6 +36,48 @@ def start_advseg(args: list[str], cwd: Path, env: dict[str, str] | None = None,
                             env={**os.environ, "ADVSEG_OFFLINE": "1", **(env or {})}, start_new_session=own_session)
 
 
+# A ``sitecustomize`` on the child's path: imports what the test registers (a test backend), then makes one
+# function (module:attribute.path) sleep before each call and leave a mark file after it, so the test sees
+# the real command's progress from outside and signals it mid-run.
+COUNT_CALLS_HOOK = """
+import importlib, itertools, os, time
+from pathlib import Path
+
+for name in filter(None, os.environ.get("ADVSEG_TEST_IMPORTS", "").split(",")):
+    importlib.import_module(name)
+_module, _path = os.environ["ADVSEG_TEST_COUNT_CALLS"].split(":")
+_owner = importlib.import_module(_module)
+*_parents, _attribute = _path.split(".")
+for _parent in _parents:
+    _owner = getattr(_owner, _parent)
+_original, _calls = getattr(_owner, _attribute), itertools.count()
+
+
+def _counted(*args, **options):
+    time.sleep(float(os.environ["ADVSEG_TEST_CALL_SECONDS"]))
+    result = _original(*args, **options)
+    Path(os.environ["ADVSEG_TEST_CALL_MARKS"], f"{os.getpid()}-{next(_calls)}").touch()
+    return result
+
+
+setattr(_owner, _attribute, _counted)
+"""
+
+
+def start_advseg_counting_calls(args: list[str], cwd: Path, function: str, seconds: float,
+                                imports: tuple[str, ...] = ()) -> tuple[subprocess.Popen, Any]:
+    """The real ``advseg`` command with ``function`` (``module:attribute``) slowed to ``seconds`` a call and
+    counted; returns the process and a function giving the calls finished so far."""
+    hook, marks = cwd / "hook", cwd / "call-marks"
+    hook.mkdir()
+    marks.mkdir()
+    (hook / "sitecustomize.py").write_text(COUNT_CALLS_HOOK)
+    path = os.pathsep.join(filter(None, [str(hook), str(REPO), os.environ.get("PYTHONPATH", "")]))
+    env = {"PYTHONPATH": path, "ADVSEG_TEST_IMPORTS": ",".join(imports), "ADVSEG_TEST_COUNT_CALLS": function,
+           "ADVSEG_TEST_CALL_SECONDS": str(seconds), "ADVSEG_TEST_CALL_MARKS": str(marks)}
+    return start_advseg(args, cwd, env), lambda: len(list(marks.iterdir()))
+
+
 def wait_until(condition, process: subprocess.Popen, timeout: float = 120.0) -> None:
     deadline = time.monotonic() + timeout
     while not condition():

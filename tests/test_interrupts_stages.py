@@ -1,23 +1,21 @@
-"""SIGINT and SIGTERM to the per-item stages colorize, segcache and fid.
+"""SIGINT and SIGTERM to the per-item stages colorize, segcache and fid (tests/fid/test_fid_interrupts.py).
 
-colorize runs as its own ``advseg`` process, signalled from outside. For segcache and fid the real click
-command runs in this process (no interpreter and torch start-up per run, which keeps the suite short), and
-a real signal is sent to this process by a thread once the stage has finished a few
-items: the stage's own handlers turn it into the interrupt, exactly as in a separate process. Each stage
-must keep its finished outputs, record "interrupted", print the command that continues, exit 130 / 143,
-and the printed command, run next, must end with outputs equal to those of an uninterrupted run.
+Each runs as its own ``advseg`` process, signalled from outside once it has finished a few items (segcache
+and fid see their progress through a ``sitecustomize`` that counts one function's calls). Each stage must
+keep its finished outputs, record "interrupted", print the command that continues (the interrupted one),
+exit 130 / 143, and that command, run next (here in this process, where a test backend is registered),
+must end with outputs equal to those of an uninterrupted run. The signals sent from inside a write (the
+other tests here) run the real click command in this process.
 """
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import shlex
 import signal
+import subprocess
 import sys
-import threading
-import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -42,45 +40,10 @@ def own_handlers() -> Iterator[None]:
         signal.signal(signum, handler)
 
 
-@contextlib.contextmanager
-def signal_when(condition: Callable[[], bool], signum: int) -> Iterator[threading.Event]:
-    """Send ``signum`` to this process once ``condition()`` holds while the block runs; the event says it was."""
-    running, sent = threading.Event(), threading.Event()
-
-    def watch() -> None:
-        deadline = time.monotonic() + 120
-        while running.is_set() and time.monotonic() < deadline:
-            if condition():
-                if running.is_set():
-                    sent.set()
-                    os.kill(os.getpid(), signum)
-                return
-            time.sleep(0.01)
-
-    running.set()
-    watcher = threading.Thread(target=watch, daemon=True)
-    watcher.start()
-    try:
-        yield sent
-    finally:
-        running.clear()
-        watcher.join(10)
-
-
 def advseg(args: list[str], monkeypatch: pytest.MonkeyPatch) -> Result:
     """``advseg ARGS`` through the real click group, with the command line the advice repeats."""
     monkeypatch.setattr(sys, "argv", ["advseg", *args])
     return CliRunner().invoke(main, args, catch_exceptions=False)
-
-
-def interrupted(args: list[str], condition: Callable[[], bool], signum: int,
-                monkeypatch: pytest.MonkeyPatch) -> Result:
-    with signal_when(condition, signum) as sent:
-        result = advseg(args, monkeypatch)
-    assert sent.is_set(), f"the stage ended before the signal: {result.stdout}{result.stderr}"
-    assert result.exit_code == EXIT_STATUS[signum], result.stderr
-    assert "Traceback" not in result.stderr
-    return result
 
 
 def advice(result: Result, args: list[str]) -> list[str]:
@@ -161,23 +124,6 @@ def test_colorize_keeps_its_results_and_the_printed_command_completes_them_equal
 PHOTOS = 24
 
 
-@pytest.fixture
-def slow_color_seg(monkeypatch: pytest.MonkeyPatch) -> list[int]:
-    """The test-color Seg at 20 ms an image (so a signal lands mid-run); the list counts the images done."""
-    from tests.segcache.color_segmenter import ColorSegmenter
-
-    done: list[int] = []
-    labels = ColorSegmenter.hard_labels
-
-    def slow(self: ColorSegmenter, images: object) -> object:
-        time.sleep(0.02)
-        result = labels(self, images)
-        done.append(1)
-        return result
-    monkeypatch.setattr(ColorSegmenter, "hard_labels", slow)
-    return done
-
-
 def segcache_args(photos: Path, out: Path) -> list[str]:
     return ["segcache", str(photos), str(out), "--backend", "test-color", "--device", "cpu", "--workers", "0",
             "--batch-size", "1", "--quiet"]
@@ -190,21 +136,42 @@ def cache_maps(path: Path) -> dict[str, np.ndarray]:
         return {key: cache.labels(key) for key in cache.keys()}
 
 
+def interrupted_process(process: subprocess.Popen, calls_done: Callable[[], int], calls: int, signum: int,
+                        args: list[str]) -> str:
+    """Signal the real command once it has finished ``calls`` calls; its stderr, after checking the exit
+    status and that the printed command is the interrupted one."""
+    from tests.test_interrupts import wait_until
+
+    wait_until(lambda: calls_done() >= calls, process)
+    process.send_signal(signum)
+    _, stderr = process.communicate(timeout=120)
+    assert process.returncode == EXIT_STATUS[signum], stderr
+    assert "Traceback" not in stderr
+    assert f"continue with: {shlex.join(['advseg', *args])}" in stderr
+    return stderr
+
+
 @SIGNALS
 def test_segcache_keeps_its_maps_and_the_printed_command_completes_them_equal(
-        slow_color_seg: list[int], tmp_path: Path, monkeypatch: pytest.MonkeyPatch, signum: int) -> None:
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, signum: int) -> None:
+    """The real command in its own process (the test-color Seg registered by a ``sitecustomize`` and slowed
+    to 50 ms an image), signalled from outside; the printed command then runs here."""
     from tests.segcache.conftest import make_crops
+    from tests.test_interrupts import start_advseg_counting_calls
 
     photos = make_crops(tmp_path / "photos", PHOTOS)
     out = tmp_path / "maps.h5"
     args = segcache_args(photos, out)
-    result = interrupted(args, lambda: len(slow_color_seg) >= 4, signum, monkeypatch)
+    process, segmented = start_advseg_counting_calls(
+        args, tmp_path, "tests.segcache.color_segmenter:ColorSegmenter.hard_labels", 0.05,
+        imports=("tests.segcache.color_segmenter",))
+    interrupted_process(process, segmented, 4, signum, args)
     record = json.loads(Path(f"{out}.run.json").read_text())
     kept = cache_maps(out)  # a valid cache, holding what was segmented before the signal
     assert record["status"] == "interrupted" and 4 <= len(kept) < PHOTOS
     assert record["extra"]["items_finished_before_the_interrupt"] == len(kept)
 
-    resumed = advseg(advice(result, args), monkeypatch)
+    resumed = advseg(args, monkeypatch)
     assert resumed.exit_code == 0, resumed.stderr
     assert f"{PHOTOS - len(kept)} segmented, {len(kept)} already cached" in resumed.stdout
     straight = advseg(segcache_args(photos, tmp_path / "straight.h5"), monkeypatch)
