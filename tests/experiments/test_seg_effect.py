@@ -278,8 +278,8 @@ def tree_state(folder: Path) -> dict[str, int]:
 
 
 @requires_hed_weights
-@pytest.mark.parametrize("signum,jobs", [(signal.SIGINT, 1), (signal.SIGTERM, 2)],
-                         ids=["SIGINT-one-process", "SIGTERM-two-workers"])
+@pytest.mark.parametrize("signum,jobs", [(signal.SIGINT, 1), (signal.SIGTERM, 1), (signal.SIGTERM, 2)],
+                         ids=["SIGINT-one-process", "SIGTERM-one-process", "SIGTERM-two-workers"])
 def test_a_signal_stops_the_experiment_with_its_own_advice_and_its_command_continues_it_equal(
         quick_run: tuple[Path, dict, str], tmp_path: Path, signum: int, jobs: int) -> None:
     """The signal reaches the experiment's process only, as from ``kill`` or a scheduler: every run in
