@@ -27,7 +27,8 @@ def _names(text: str | None) -> tuple[str, ...] | None:
 @click.option("--models", metavar="LIST", help="Comma-separated models of advseg train: cyclegan, pix2pix, autopainter, "
                                                "cut, fastcut.", show_default="cyclegan,pix2pix")
 @click.option("--modes", metavar="LIST", help="Comma-separated modes: none, compat, soft, straight, and the variants "
-                                              "soft-real, soft-augment, soft-warmup, soft-balance, soft-all, consistency "
+                                              "soft-real, soft-augment, soft-warmup, soft-balance, soft-all, soft-all-features, "
+                                              "consistency "
                                               "(docs/evidence.md says what each sets).",
               show_default="none,compat,soft,straight")
 @click.option("--seeds", metavar="LIST", help="Comma-separated seeds.", show_default="the preset's: 0,1 quick, 0-4 else")

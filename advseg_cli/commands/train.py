@@ -22,7 +22,7 @@ MODEL_OPTIONS = ("arch", "ngf", "ndf", "n_layers_d", "norm", "dropout", "gan_mod
                  "seg_grad", "pool_size", "lambda_a", "lambda_b", "lambda_identity", "cycle_noise", "cycle_binarize",
                  "lambda_l1", "lambda_tv", "lambda_feat", "perceptual_layer", "lambda_gan", "lambda_nce", "nce_idt",
                  "nce_layers", "num_patches", "nce_t", "netf_nc", "flip_equivariance", "seg_real", "seg_augment",
-                 "seg_warmup", "seg_balance", "seg_consistency")
+                 "seg_warmup", "seg_balance", "seg_features", "seg_consistency")
 
 
 def _default_workers() -> int:
@@ -58,6 +58,10 @@ def _default_workers() -> int:
 @click.option("--seg-balance", type=click.FloatRange(min=0), metavar="F", show_default="0: off",
               help="Weight the segmentation terms each step so their gradient on G's last layer is F times the "
                    "image GAN term's (replaces --lambda-seg; logged as weight/seg).")
+@click.option("--seg-features", type=click.IntRange(min=0), metavar="C", show_default="0: off",
+              help="D_M judges Seg's last feature map (through a fixed random projection to C channels, as "
+                   "Projected GAN) of real and generated photos instead of their class maps; shapes and "
+                   "mask2former backends.")
 @click.option("--seg-consistency", type=click.FloatRange(min=0), metavar="W", show_default="0: off",
               help="Pix2Pix / AutoPainter: add W x cross-entropy of Seg's map of G(A) against the real photo's "
                    "labels (non-adversarial; needs --segcache).")

@@ -61,6 +61,9 @@ MODES: dict[str, dict[str, Any]] = {  # mode name -> model options it sets
     "soft-balance": {"advseg": "both", "seg_grad": "soft", "seg_balance": 1.0},
     "soft-all": {"advseg": "both", "seg_grad": "soft", "seg_real": "soft", "seg_augment": "translation,cutout",
                  "seg_warmup": 1000, "seg_balance": 1.0},
+    # D_M judges Seg's projected last features instead of its class map (Projected GAN), with soft-all's parts
+    "soft-all-features": {"advseg": "both", "seg_grad": "soft", "seg_real": "soft", "seg_augment": "translation,cutout",
+                          "seg_warmup": 1000, "seg_balance": 1.0, "seg_features": 64},
     "consistency": {"advseg": "none", "seg_consistency": 10.0},
 }
 BASE_MODES: tuple[str, ...] = ("none", "compat", "soft", "straight")  # the presets' modes

@@ -69,6 +69,7 @@ from advseg_cli.models.networks import (
 from advseg_cli.models.patchnce import PatchProjection, encoder_features, parse_layers, patch_nce_loss
 from advseg_cli.models.seg_variants import (
     SEG_REAL_MODES,
+    FeatureProjection,
     SegAugment,
     balanced_weight,
     last_layer_weight,
@@ -145,6 +146,14 @@ def _validate_seg_variants(config: Any) -> None:
     if given and config.advseg == "none":
         raise AdvsegError(f"{', '.join(given)}: change the segmentation discriminators' terms, and --advseg none "
                           "has none; use --advseg multi, binary or both")
+    if config.seg_features < 0:
+        raise AdvsegError(f"--seg-features: a number of channels cannot be negative, got {config.seg_features}")
+    if config.seg_features > 0 and "multi" not in _SEG_KINDS[config.advseg]:
+        raise AdvsegError("--seg-features: changes what D_M judges, and --advseg "
+                          f"{config.advseg} has no D_M; use --advseg multi or both")
+    if config.seg_features > 0 and config.seg_grad == "straight":
+        raise AdvsegError("--seg-features: features have no hard form for --seg-grad straight to stand in for; "
+                          "use --seg-grad soft (or compat: no gradient)")
     if config.seg_balance > 0 and config.seg_grad == "compat":
         raise AdvsegError("--seg-balance: with --seg-grad compat the segmentation terms have no gradient to "
                           "balance; use --seg-grad soft or straight")
@@ -197,6 +206,7 @@ class CycleGANConfig:
     seg_augment: str = ""  # DiffAugment of the segmentation discriminators' inputs: translation,cutout[,color]
     seg_warmup: int = 0  # steps over which the segmentation terms' weight ramps up from 0
     seg_balance: float = 0.0  # > 0: segmentation gradient on G's last layer = this x the image GAN term's
+    seg_features: int = 0  # > 0: D_M judges Seg's last features, projected to this many channels, not its map
     init_type: str = "normal"  # weight init: normal | xavier | kaiming | orthogonal
     init_gain: float = 0.02  # std of the normal init (scale for xavier / orthogonal)
 
@@ -237,6 +247,7 @@ class Pix2PixConfig:
     seg_augment: str = ""  # DiffAugment of the segmentation discriminators' inputs: translation,cutout[,color]
     seg_warmup: int = 0  # steps over which the segmentation terms' weight ramps up from 0
     seg_balance: float = 0.0  # > 0: segmentation gradient on G's last layer = this x the image GAN term's
+    seg_features: int = 0  # > 0: D_M judges Seg's last features, projected to this many channels, not its map
     seg_consistency: float = 0.0  # weight of CE(Seg(G(A)), real photo's labels): non-adversarial (CyCADA)
     init_type: str = "normal"  # weight init: normal | xavier | kaiming | orthogonal
     init_gain: float = 0.02  # std of the normal init (scale for xavier / orthogonal)
@@ -347,10 +358,12 @@ class AdvSegModel(nn.Module):
         config = self.config
         self.D_M = self.D_Bin = None
         self.seg_augment = SegAugment(config.seg_augment, color_channels=conditioning_channels)
+        if config.seg_features > 0:  # before D_M's own initialisation draws from the same generator
+            self.feature_projection = FeatureProjection(self.seg.feature_channels(), config.seg_features)
         for kind in self.seg_kinds:
-            net = define_discriminator(conditioning_channels + _SEG_CHANNELS[kind], config.ndf, config.n_layers_d,
-                                       config.norm)
-            if kind == "multi":
+            judged = config.seg_features if kind == "multi" and config.seg_features > 0 else _SEG_CHANNELS[kind]
+            net = define_discriminator(conditioning_channels + judged, config.ndf, config.n_layers_d, config.norm)
+            if kind == "multi" and config.seg_features == 0:
                 self._skip_empty_map_channels(net, conditioning_channels)
             setattr(self, self._seg_discriminator_name(kind), init_weights(net, config.init_type, config.init_gain))
             self._add_pool(f"seg_{kind}", POOL_DTYPES[config.seg_pool_dtype])
@@ -437,40 +450,66 @@ class AdvSegModel(nn.Module):
     # segmentation maps
 
     def fake_maps(self, fake_B: Tensor) -> dict[str, Tensor]:
-        """Segmentation maps of generated photos, per kind; differentiable in ``soft`` mode only."""
+        """Segmentation maps of generated photos, per kind; differentiable in ``soft`` mode only. With
+        ``--seg-features`` D_M's input is Seg's projected features instead (differentiable likewise)."""
         if not self.seg_kinds:
             return {}
+        map_kinds = tuple(kind for kind in self.seg_kinds if not (kind == "multi" and self.config.seg_features))
+        maps = self._fake_class_maps(fake_B, map_kinds) if map_kinds else {}
+        if len(map_kinds) < len(self.seg_kinds):
+            with torch.set_grad_enabled(self.config.seg_grad == "soft" and torch.is_grad_enabled()):
+                maps["multi"] = self.projected_features(fake_B)
+        return {kind: maps[kind].to(fake_B.dtype) for kind in self.seg_kinds}
+
+    def _fake_class_maps(self, fake_B: Tensor, kinds: tuple[str, ...]) -> dict[str, Tensor]:
+        """The class maps (multi: [N,135,H,W], binary: [N,3,H,W]) of ``kinds`` as ``seg_grad`` makes them."""
         if self.config.seg_grad == "soft":
             probs = self.seg.soft_probs(fake_B)  # [N,135,H,W], gradient flows to fake_B
-            maps = {"multi": probs, "binary": binary_from_probs(probs) if "binary" in self.seg_kinds else None}
+            maps = {"multi": probs, "binary": binary_from_probs(probs) if "binary" in kinds else None}
         elif self.config.seg_grad == "straight":
             labels, probs = self.seg.hard_and_soft(fake_B)  # one forward where the backend allows it
             maps = {"multi": straight_through(one_hot(labels), probs),
                     "binary": straight_through(binary_from_labels(labels), binary_from_probs(probs))
-                    if "binary" in self.seg_kinds else None}
+                    if "binary" in kinds else None}
         else:
             with torch.no_grad():
                 labels = self.seg.hard_labels(fake_B.detach())  # [N,H,W] uint8
-                maps = {"multi": one_hot(labels) if "multi" in self.seg_kinds else None,
-                        "binary": binary_from_labels(labels) if "binary" in self.seg_kinds else None}
-        return {kind: maps[kind].to(fake_B.dtype) for kind in self.seg_kinds}
+                maps = {"multi": one_hot(labels) if "multi" in kinds else None,
+                        "binary": binary_from_labels(labels) if "binary" in kinds else None}
+        return {kind: maps[kind] for kind in kinds}
+
+    def projected_features(self, photos: Tensor) -> Tensor:
+        """``--seg-features``: Seg's last feature map through the fixed projection, at the photos' size."""
+        return self.feature_projection(self.seg.features(photos), photos.shape[-2:])
 
     def real_maps(self, batch: Batch, like: Tensor) -> dict[str, Tensor]:
-        """One-hot / binary maps of the real photos' cached labels, matching ``like``'s size and dtype."""
+        """One-hot / binary maps of the real photos' cached labels (or Seg's soft maps of them, ``seg_real``),
+        matching ``like``'s size and dtype; with ``--seg-features``, D_M's input is Seg's projected
+        features of the real photo, made at training time as the generated photo's are."""
         if not self.seg_kinds:
             return {}
-        if self.config.seg_real == "soft":
+        maps: dict[str, Tensor] = {}
+        map_kinds = tuple(kind for kind in self.seg_kinds if not (kind == "multi" and self.config.seg_features))
+        if len(map_kinds) < len(self.seg_kinds):
+            with torch.no_grad():
+                maps["multi"] = self.projected_features(batch["real_B"])
+        if map_kinds and self.config.seg_real == "soft":
             with torch.no_grad():
                 probs = self.seg.soft_probs(batch["real_B"])
-            soft = {"multi": probs, "binary": binary_from_probs(probs) if "binary" in self.seg_kinds else None}
-            return {kind: soft[kind].to(like.dtype) for kind in self.seg_kinds}
+            maps.update({kind: probs if kind == "multi" else binary_from_probs(probs) for kind in map_kinds})
+        elif map_kinds:
+            maps.update(self._hard_real_maps(batch, like, map_kinds))
+        return {kind: maps[kind].to(like.dtype) for kind in self.seg_kinds}
+
+    def _hard_real_maps(self, batch: Batch, like: Tensor, kinds: tuple[str, ...]) -> dict[str, Tensor]:
+        """One-hot / binary maps of the cached labels of the real photos."""
         labels = batch.get("real_B_labels")
         if labels is None:
             raise ValueError(f"advseg={self.config.advseg!r}: the batch needs 'real_B_labels' [N,H,W]")
         if labels.shape != (like.shape[0], *like.shape[2:]):
             raise ValueError(f"real_B_labels has shape {tuple(labels.shape)}, the photos are {tuple(like.shape)}")
         makers = {"multi": one_hot, "binary": binary_from_labels}
-        return {kind: makers[kind](labels).to(like.dtype) for kind in self.seg_kinds}
+        return {kind: makers[kind](labels) for kind in kinds}
 
     # ----------------------------------------------------------------------------------------------
     # image pools (part of a resumable checkpoint)
@@ -655,7 +694,8 @@ class Pix2PixAdvSeg(AdvSegModel):
         labels = batch.get("real_B_labels")
         if labels is None:
             raise ValueError("seg_consistency: the batch needs 'real_B_labels' [N,H,W]")
-        reusable = self.config.seg_grad == "soft" and "multi" in self.seg_kinds  # fake_maps made these probs
+        c = self.config  # fake_maps made these probabilities (D_M's input, unless it judges features)
+        reusable = c.seg_grad == "soft" and "multi" in self.seg_kinds and c.seg_features == 0
         probs = fakes.fake_B_maps["multi"] if reusable else self.seg.soft_probs(fakes.fake_B)
         return semantic_consistency(probs, labels)
 
@@ -748,6 +788,7 @@ class CUTConfig:
     seg_augment: str = ""  # DiffAugment of the segmentation discriminators' inputs: translation,cutout[,color]
     seg_warmup: int = 0  # steps over which the segmentation terms' weight ramps up from 0
     seg_balance: float = 0.0  # > 0: segmentation gradient on G's last layer = this x the image GAN term's
+    seg_features: int = 0  # > 0: D_M judges Seg's last features, projected to this many channels, not its map
     init_type: str = "xavier"  # weight init of G, D and the projection head (public init_type xavier)
     init_gain: float = 0.02  # its gain (public init_gain)
 

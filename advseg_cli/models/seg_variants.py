@@ -28,6 +28,7 @@ ones by their softness alone. Each variant here addresses one of those causes; t
 from __future__ import annotations
 
 import dataclasses
+import math
 
 import torch
 import torch.nn.functional as F
@@ -189,3 +190,20 @@ def semantic_consistency(probs: Tensor, labels: Tensor) -> Tensor:
     if bool((target == -100).all()):
         return log_probs.sum() * 0.0  # nothing labelled: no signal, but keep the graph
     return F.nll_loss(log_probs, target, ignore_index=-100)
+
+
+class FeatureProjection(nn.Module):
+    """Projected GAN's fixed cross-channel mixing for ``--seg-features``: a random 1x1 convolution from Seg's
+    feature channels to ``channels`` (Kaiming-uniform, drawn from the global generator when the model is
+    built, so the run's seed decides it), never trained, then bilinear upsampling to the photo's size so
+    D_M keeps its input size (and Pix2Pix its photo conditioning). A buffer: checkpoints keep it and a
+    resumed run judges the same projection."""
+
+    def __init__(self, in_channels: int, channels: int) -> None:
+        super().__init__()
+        bound = math.sqrt(6.0 / in_channels)  # Kaiming uniform for a linear map of in_channels inputs
+        self.register_buffer("weight", (torch.rand(channels, in_channels, 1, 1) * 2 - 1) * bound)
+
+    def forward(self, features: Tensor, size: tuple[int, int] | torch.Size) -> Tensor:
+        mixed = F.conv2d(features, self.weight.to(features.dtype))
+        return F.interpolate(mixed, size=tuple(size), mode="bilinear", align_corners=False)

@@ -8,7 +8,9 @@ A :class:`Segmenter` takes the training tensors (RGB, float, [-1, 1], [N,3,H,W])
 * :meth:`Segmenter.soft_probs`: [N,135,H,W] per-pixel class probabilities (each >= 0, summing to at
   most 1 per pixel), differentiable with respect to the input pixels, so that an adversarial loss on
   the map of a generated image reaches the generator. Seg's own weights are frozen and never get a
-  gradient. The exact formula of each backend is in its module and in docs/segmentation.md.
+  gradient. The exact formula of each backend is in its module and in docs/segmentation.md;
+* :meth:`Segmenter.features` (some backends): its last feature map before the classifier, likewise
+  differentiable, for ``advseg train --seg-features``.
 
 Backends register a factory with :func:`register_backend`; :func:`build_segmenter` builds one by name.
 Contract of a factory: ``factory(weights: Path | None, device: torch.device, precision: str) -> Segmenter``.
@@ -36,6 +38,7 @@ _BUILTIN_MODULES = {
     "shapes": "advseg_cli.world.seg",  # the shapes world's trained Seg (advseg data prepare shapes)
 }
 
+FEATURE_BACKENDS: tuple[str, ...] = ("mask2former", "shapes")  # those with Segmenter.features
 SegmenterFactory = Callable[[Path | None, torch.device, str], "Segmenter"]
 _REGISTRY: dict[str, SegmenterFactory] = {}
 WeightsCheck = Callable[[Path | None], str]
@@ -79,6 +82,22 @@ class Segmenter(torch.nn.Module):
     def soft_probs(self, images: Tensor) -> Tensor:
         """[N,3,H,W] RGB in [-1,1] -> [N,135,H,W] class probabilities, differentiable w.r.t. images."""
         raise NotImplementedError
+
+    def features(self, images: Tensor) -> Tensor:
+        """[N,3,H,W] RGB in [-1,1] -> [N,C,h,w]: Seg's last feature map before its classifier,
+        differentiable w.r.t. images (``--seg-features``: D_M judges these instead of the final map).
+
+        Features carry no one-hot-versus-soft difference between real and generated photos, and a frozen
+        network's features are harder to fool with a texture than its argmax (Projected GAN). Backends
+        that do not expose them refuse in one line.
+        """
+        raise AdvsegError(f"--seg-features: the {self.backend} segmentation backend does not expose its "
+                          f"features; use --backend {' or '.join(FEATURE_BACKENDS)}, or drop --seg-features")
+
+    def feature_channels(self) -> int:
+        """How many channels :meth:`features` gives (measured on a small blank image)."""
+        with torch.no_grad():
+            return int(self.features(torch.zeros(1, 3, 64, 64, device=self.device)).shape[1])
 
     def map_channels(self) -> Tensor | None:
         """The 135-layout channels this network's maps can fill (ascending), or None for all of them.

@@ -242,6 +242,15 @@ class Mask2FormerSegmenter(Segmenter):
             outputs = self.network(pixel_values=pixels)
         return outputs.class_queries_logits.float(), outputs.masks_queries_logits.float(), padded
 
+    def features(self, images: Tensor) -> Tensor:
+        """The pixel decoder's mask features (stride 4, what every query's mask is a product with), of the
+        part that covers the images; the transformer decoder is not run."""
+        pixels, padded = self._network_input(images)
+        with autocast(self.device, self.precision):
+            features = self.network.model.pixel_level_module(pixels).decoder_last_hidden_state.float()
+        stride = padded[1] // features.shape[-1]
+        return features[..., :math.ceil(images.shape[-2] / stride), :math.ceil(images.shape[-1] / stride)]
+
     @torch.no_grad()
     def panoptic(self, images: Tensor) -> list[PanopticSegments]:
         """The panoptic segments of a batch, post-processed in chunks of images (memory cap)."""

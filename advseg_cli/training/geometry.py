@@ -24,6 +24,9 @@ SEARCH_LIMIT = 4096  # largest crop size proposed as a valid neighbour
 class _FrozenNetworkPlaceholder:
     """Stands in for the frozen Seg / VGG while the networks are built: only the trained networks' shapes matter."""
 
+    def feature_channels(self) -> int:
+        return 1  # the width of --seg-features' fixed projection's input: no trained network's shape depends on it
+
 
 def build_meta_networks(model: str, model_config: Any) -> list[tuple[str, nn.Module]]:
     """The model's generators and discriminators, on the meta device, in training mode, by name."""

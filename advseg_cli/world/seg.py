@@ -22,6 +22,7 @@ other channels are 0, so each pixel sums to 1), ``hard_labels`` is the argmax's 
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 from typing import Any
 
@@ -63,8 +64,7 @@ def _conv(cin: int, cout: int, stride: int = 1, dilation: int = 1) -> nn.Sequent
 
 class ShapesUNet(nn.Module):
     """U-Net over a stride-2 stem (widths w, 2w, 3w at 1/2, 1/4, 1/8 of the input), logits upsampled
-    bilinearly to the input: the training Seg. Cheap enough to train on a CPU in minutes and to run
-    inside every training step; any input side that is a multiple of 8."""
+    bilinearly to the input: the evaluation segmenter (``ROLES``); any input side that is a multiple of 8."""
 
     def __init__(self, width: int = 16, classes: int = NUM_WORLD_CLASSES) -> None:
         super().__init__()
@@ -78,13 +78,16 @@ class ShapesUNet(nn.Module):
         self.dec1 = _conv(2 * w, w)
         self.head = nn.Conv2d(w, classes, 1)
 
-    def forward(self, x: Tensor) -> Tensor:
+    def feature_map(self, x: Tensor) -> Tensor:
+        """[N, w, H/2, W/2]: the decoder's last activations, what the classifier reads."""
         e1 = self.enc1(x)
         e2 = self.enc2(e1)
         e3 = self.enc3(e2)
         d2 = self.dec2(torch.cat([self.up3(e3), e2], 1))
-        d1 = self.dec1(torch.cat([self.up2(d2), e1], 1))
-        return F.interpolate(self.head(d1), size=x.shape[-2:], mode="bilinear", align_corners=False)
+        return self.dec1(torch.cat([self.up2(d2), e1], 1))
+
+    def forward(self, x: Tensor) -> Tensor:
+        return F.interpolate(self.head(self.feature_map(x)), size=x.shape[-2:], mode="bilinear", align_corners=False)
 
     def features(self, x: Tensor) -> Tensor:
         """[N, 3w] spatially averaged bottleneck activations: the Fréchet distance's feature vector."""
@@ -92,7 +95,8 @@ class ShapesUNet(nn.Module):
 
 
 class ShapesFCN(nn.Module):
-    """Stride-4 dilated FCN without skip connections: the evaluation segmenter (another architecture)."""
+    """Stride-4 dilated FCN without skip connections: the training Seg (``ROLES``), cheap enough to train on
+    a CPU in minutes and to run inside every training step."""
 
     def __init__(self, width: int = 32, classes: int = NUM_WORLD_CLASSES) -> None:
         super().__init__()
@@ -101,8 +105,12 @@ class ShapesFCN(nn.Module):
                                      _conv(w, 2 * w, dilation=2), _conv(2 * w, 2 * w, dilation=4))
         self.head = nn.Conv2d(2 * w, classes, 1)
 
+    def feature_map(self, x: Tensor) -> Tensor:
+        """[N, 2w, H/4, W/4]: the encoder's output, what the 1x1 classifier reads."""
+        return self.encoder(x)
+
     def forward(self, x: Tensor) -> Tensor:
-        logits = self.head(self.encoder(x))
+        logits = self.head(self.feature_map(x))
         return F.interpolate(logits, size=x.shape[-2:], mode="bilinear", align_corners=False)
 
 
@@ -211,6 +219,15 @@ class ShapesSegmenter(Segmenter):
     def logits(self, images: Tensor) -> Tensor:
         check_images(images)
         return world_logits(self.network, images.to(self.device, torch.float32))
+
+    def features(self, images: Tensor) -> Tensor:
+        """The network's ``feature_map`` of the images, cropped to the part that covers them (the network
+        reads them padded to a multiple of 8)."""
+        check_images(images)
+        padded, (height, width) = pad_to_multiple(images.to(self.device, torch.float32))
+        features = self.network.feature_map(padded)
+        stride = padded.shape[-1] // features.shape[-1]
+        return features[..., :math.ceil(height / stride), :math.ceil(width / stride)]
 
     def map_channels(self) -> Tensor:
         """The world's nine class ids: ``scatter_to_layout`` leaves every other channel at zero."""

@@ -1,7 +1,8 @@
 """A tiny, real, differentiable stand-in for the frozen segmentation network Seg, for the model tests.
 
 It is a Segmenter (the interface the models consume): a frozen random 1x1 convolution from RGB to the
-135 classes, softmax for the soft probabilities, argmax for the hard labels. It is not a fake of the
+135 classes, softmax for the soft probabilities, argmax for the hard labels; its "features" (for
+``--seg-features``) are a frozen random stride-2 3x3 convolution and a ReLU. It is not a fake of the
 panoptic network's numbers; it gives the models a Seg whose gradient flows the way the real one's does.
 """
 
@@ -28,7 +29,14 @@ class PixelwiseSeg(Segmenter):
         with torch.no_grad():  # large weights so that the argmax labels vary over the image
             self.classifier.weight.copy_(torch.randn(self.classifier.weight.shape, generator=generator) * 3)
             self.classifier.bias.copy_(torch.randn(NUM_CLASSES, generator=generator))
+        self.encoder = nn.Conv2d(3, 6, 3, stride=2, padding=1)  # features: a frozen random stride-2 layer
+        with torch.no_grad():
+            self.encoder.weight.copy_(torch.randn(self.encoder.weight.shape, generator=generator))
+            self.encoder.bias.copy_(torch.randn(6, generator=generator))
         self.freeze()
+
+    def features(self, images: Tensor) -> Tensor:
+        return torch.relu(self.encoder(images))
 
     def soft_probs(self, images: Tensor) -> Tensor:
         return torch.softmax(self.classifier(images), dim=1)

@@ -21,7 +21,8 @@ from advseg_cli.models.seg_variants import (
     warmup_scale,
 )
 from advseg_cli.segmentation.classes import NUM_CLASSES, UNLABELED
-from advseg_cli.segmentation.maps import binary_from_probs, one_hot
+from advseg_cli.segmentation.base import Segmenter
+from advseg_cli.segmentation.maps import binary_from_labels, binary_from_probs, one_hot
 from advseg_cli.training.loop import term_gradient_norms
 from tests.models.conftest import PixelwiseSeg
 from tests.models.test_advseg_models import real_batch, tiny
@@ -217,6 +218,9 @@ def test_the_consistency_term_is_added_without_segmentation_discriminators_and_r
     ("cyclegan", {"advseg": "both", "seg_augment": "translation,color"}, "see maps alone"),
     ("cyclegan", {"seg_consistency": 1.0}, "--seg-consistency do not apply"),
     ("pix2pix", {"advseg": "both", "seg_real": "probabilities"}, "--seg-real"),
+    ("pix2pix", {"advseg": "binary", "seg_features": 8}, "--seg-features: changes what D_M judges"),
+    ("cyclegan", {"advseg": "both", "seg_grad": "straight", "seg_features": 8}, "--seg-features: features have no"),
+    ("pix2pix", {"advseg": "both", "seg_features": -1}, "--seg-features: a number of channels"),
 ])
 def test_variants_that_cannot_act_are_refused_naming_the_option(model: str, options: dict, message: str) -> None:
     with pytest.raises(AdvsegError, match=message):
@@ -235,3 +239,65 @@ def test_each_terms_gradient_norm_is_that_of_its_own_backward(seg: PixelwiseSeg)
         expected = torch.sqrt(sum((grad ** 2).sum() for grad in grads if grad is not None))
         torch.testing.assert_close(norms[f"grad/G_{name}_norm"], expected)
     assert norms["grad/G_G_M_norm"] == 0 and norms["grad/G_G_L1_norm"] > 0  # compat: hard maps carry nothing
+
+
+# ------------------------------------------------------------------------------------ feature-level D_M
+def projected_by_hand(model, seg: PixelwiseSeg, photos: torch.Tensor) -> torch.Tensor:
+    """The fixed random 1x1 projection of Seg's features, as a matrix product per pixel, upsampled bilinearly."""
+    features = seg.features(photos)  # [N,C,h,w]
+    weight = model.feature_projection.weight[:, :, 0, 0]  # [K,C]
+    mixed = torch.einsum("kc,nchw->nkhw", weight, features)
+    return torch.nn.functional.interpolate(mixed, size=photos.shape[-2:], mode="bilinear", align_corners=False)
+
+
+@pytest.mark.parametrize("model_name", ["pix2pix", "cyclegan"])
+def test_with_seg_features_d_m_judges_the_projected_features_of_real_and_generated_photos(
+        seg: PixelwiseSeg, model_name: str) -> None:
+    model = tiny(model_name, seg, advseg="both", seg_features=5)
+    batch = real_batch(seg)
+    fake = model.photo_generator(batch["real_A"])
+    fake_maps, real_maps = model.fake_maps(fake), model.real_maps(batch, fake)
+    torch.testing.assert_close(fake_maps["multi"], projected_by_hand(model, seg, fake))
+    torch.testing.assert_close(real_maps["multi"], projected_by_hand(model, seg, batch["real_B"]))
+    assert torch.equal(real_maps["binary"], binary_from_labels(batch["real_B_labels"]))  # D_Bin: as without
+    torch.testing.assert_close(fake_maps["binary"], binary_from_probs(seg.soft_probs(fake)))
+    conditioning = 3 if model_name == "pix2pix" else 0
+    assert model.D_M.model[0].in_channels == conditioning + 5
+    assert model.feature_projection.weight.shape == (5, 6, 1, 1)
+
+
+def test_the_feature_projection_is_fixed_drawn_from_the_seed_and_kept_in_checkpoints(seg: PixelwiseSeg) -> None:
+    model = tiny("pix2pix", seg, advseg="multi", seg_features=5)
+    weight = model.feature_projection.weight
+    assert not any(weight is p for p in model.parameters()) and not weight.requires_grad
+    assert torch.equal(model.state_dict()["feature_projection.weight"], weight)
+    assert torch.equal(tiny("pix2pix", seg, advseg="multi", seg_features=5).feature_projection.weight, weight)
+    assert not torch.equal(tiny("pix2pix", seg, seed=1, advseg="multi", seg_features=5).feature_projection.weight,
+                           weight)
+    bound = (6.0 / 6) ** 0.5  # Kaiming uniform over Seg's 6 feature channels
+    assert float(weight.abs().max()) <= bound and float(weight.std()) > 0.3 * bound
+
+
+@pytest.mark.parametrize(("seg_grad", "reaches"), [("soft", True), ("compat", False)])
+def test_the_feature_terms_gradient_reaches_the_generator_only_in_soft_mode(seg: PixelwiseSeg, seg_grad: str,
+                                                                             reaches: bool) -> None:
+    model = tiny("pix2pix", seg, advseg="multi", seg_features=5, seg_grad=seg_grad)
+    batch = real_batch(seg)
+    g = model.generator_losses(batch, model.translate(batch))
+    if reaches:
+        grads = torch.autograd.grad(g["G_M"], list(model.G.parameters()), allow_unused=True)
+        assert sum(float(grad.abs().sum()) for grad in grads if grad is not None) > 0
+    else:  # compat: the features of the generated photo are made without a graph (D_M frozen in G's step)
+        assert not g["G_M"].requires_grad
+    d = model.discriminator_losses(batch)
+    d_grads = torch.autograd.grad(d["D_M"], list(model.D_M.parameters()))
+    assert sum(float(grad.abs().sum()) for grad in d_grads) > 0
+
+
+def test_a_backend_without_features_is_refused_in_one_line() -> None:
+    class MapsOnly(PixelwiseSeg):
+        backend = "maps-only"
+        features = Segmenter.features
+
+    with pytest.raises(AdvsegError, match="--seg-features: the maps-only segmentation backend does not expose"):
+        tiny("pix2pix", MapsOnly(), advseg="multi", seg_features=5)

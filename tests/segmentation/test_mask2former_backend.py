@@ -7,6 +7,7 @@ formula, bounds and gradients.
 
 from __future__ import annotations
 
+import math
 import hashlib
 from pathlib import Path
 
@@ -272,3 +273,20 @@ def test_dropping_unkept_queries_first_changes_no_result(tiny_mask2former, image
     assert chosen.shape[1] < class_logits.shape[1]  # the shortcut was taken
     assert torch.equal(fast.labels, full.labels) and torch.equal(fast.segment_ids, full.segment_ids)
     assert [fast.segments_info(i) for i in range(len(batch))] == [full.segments_info(i) for i in range(len(batch))]
+
+
+def test_features_are_the_pixel_decoders_mask_features_of_the_image_and_pass_gradients(tiny_mask2former) -> None:
+    """``--seg-features`` reads what transformers' full forward reports as ``pixel_decoder_last_hidden_state``
+    (the stride-4 map every query's mask is a product with), cropped to the part over an odd-sized image."""
+    seg = tiny_mask2former
+    odd = (torch.rand(2, 3, 50, 70, generator=torch.Generator().manual_seed(3)) * 2 - 1).requires_grad_(True)
+    features = seg.features(odd)
+    with torch.no_grad():
+        pixels, padded = seg._network_input(odd)
+        reference = seg.network(pixel_values=pixels).pixel_decoder_last_hidden_state
+    stride = padded[1] // reference.shape[-1]
+    assert stride == 4 and features.shape[-2:] == (math.ceil(50 / 4), math.ceil(70 / 4))
+    torch.testing.assert_close(features.detach(), reference[..., :13, :18])
+    features.square().mean().backward()
+    assert odd.grad is not None and odd.grad.abs().sum() > 0
+    assert all(p.grad is None for p in seg.parameters())

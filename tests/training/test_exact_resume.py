@@ -115,7 +115,7 @@ def test_resume_is_exact_with_the_segmentation_discriminators(data: Path, shapes
 @pytest.mark.parametrize(("model", "variants"), [
     ("pix2pix", {"seg_real": "soft", "seg_augment": "translation,cutout,color", "seg_warmup": 5,
                  "seg_consistency": 1.0}),
-    ("cyclegan", {"seg_augment": "translation,cutout", "seg_balance": 0.5, "seg_warmup": 4}),
+    ("cyclegan", {"seg_augment": "translation,cutout", "seg_balance": 0.5, "seg_warmup": 4, "seg_features": 8}),
 ])
 def test_resume_is_exact_with_the_segmentation_variants(data: Path, shapes_segcache: tuple[Path, Path],
                                                        tmp_path: Path, model: str, variants: dict[str, Any]) -> None:

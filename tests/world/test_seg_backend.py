@@ -132,3 +132,27 @@ def test_one_hot_of_the_hard_labels_is_what_a_compat_map_is(shapes_segmenters: P
     images = _photos(2)
     hard = one_hot(seg.hard_labels(images))
     assert torch.equal(hard.argmax(1), seg.soft_probs(images).argmax(1))
+
+
+@pytest.mark.parametrize("arch", ["fcn", "unet"])
+def test_features_are_what_the_classifier_reads_over_the_image_and_pass_gradients(arch: str) -> None:
+    """``--seg-features`` reads the network's last activations: its 1x1 classifier applied to them, upsampled,
+    gives the logits over the padded photo, and the part returned is the part over the image."""
+    from advseg_cli.world.seg import ShapesSegmenter, build_network, pad_to_multiple
+
+    torch.manual_seed(0)
+    seg = ShapesSegmenter(build_network(arch), torch.device("cpu")).freeze()
+    photos = (_photos(2, 64)[..., :60, :52]).clone().requires_grad_(True)  # not a multiple of 8
+    features = seg.features(photos)
+    padded, _ = pad_to_multiple(photos.detach())
+    stride = 4 if arch == "fcn" else 2
+    assert features.shape[-2:] == (-(-60 // stride), -(-52 // stride))
+    with torch.no_grad():
+        full = seg.network.feature_map(padded)
+        logits = torch.nn.functional.interpolate(seg.network.head(full), size=padded.shape[-2:], mode="bilinear",
+                                                 align_corners=False)
+    torch.testing.assert_close(logits[..., :60, :52], seg.logits(photos.detach()))
+    torch.testing.assert_close(features.detach(), full[..., :features.shape[-2], :features.shape[-1]])
+    features.square().mean().backward()
+    assert photos.grad is not None and photos.grad.abs().sum() > 0
+    assert all(p.grad is None for p in seg.parameters())
