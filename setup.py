@@ -46,5 +46,5 @@ setup(
         "mutation": ["mutmut==3.8.1"],  # make mutation (tests/mutation.py drives mutmut 3's command line)
         # detectron2 (the paper's Panoptic FPN) is not on PyPI: see its installation guide.
     },
-    entry_points={"console_scripts": ["advseg=advseg_cli.cli:main"]},
+    entry_points={"console_scripts": ["advseg=advseg_cli.cli:run"]},
 )

@@ -16,8 +16,8 @@ import click
 from advseg_cli import __version__
 from advseg_cli.errors import AdvsegError, AllInputsFailedError, TrainingDivergedError
 from advseg_cli.help import FullSummaryGroup
-from advseg_cli.interrupts import (StageInterrupted, interrupt_exit_status, same_command, stop_already_under_way,
-                                  treat_sigterm_as_ctrl_c)
+from advseg_cli.interrupts import (StageInterrupted, ignore_stop_signals_if_stopping, interrupt_exit_status,
+                                  same_command, stop_already_under_way, treat_sigterm_as_ctrl_c)
 
 
 class _AdvsegGroup(FullSummaryGroup):
@@ -125,5 +125,14 @@ def _register_stage_commands() -> None:
 _register_stage_commands()
 
 
+def run() -> None:
+    """The ``advseg`` console command: ``main`` as a process of its own, which ends ignoring further stop
+    signals once one stopped it (``interrupts.ignore_stop_signals_if_stopping``)."""
+    try:
+        main()
+    finally:
+        ignore_stop_signals_if_stopping()
+
+
 if __name__ == "__main__":  # pragma: no cover
-    sys.exit(main())
+    run()

@@ -60,6 +60,7 @@ from advseg_cli.devices import resolve_device
 from advseg_cli.errors import AdvsegError, ImageDecodeError, IncompatibleInputError, WeightsMismatchError
 from advseg_cli.files import atomic_path, sha256_file
 from advseg_cli.images import list_images, read_rgb
+from advseg_cli.interrupts import leave_stop_signals_to_the_main_process
 from advseg_cli.progress import progress
 from advseg_cli.runrecord import RunRecord, read_record, record_path_for
 from advseg_cli.weights import ResolvedWeights, WeightsSpec, advseg_home, register_weights, resolve_weights
@@ -339,7 +340,7 @@ def folder_features(folder: Path, relatives: list[Path], model: InceptionV3, con
     files = [folder / relative for relative in relatives]
     loader = DataLoader(_ImageFiles(files, config.decode), batch_size=min(config.batch_size, len(files)),
                         shuffle=False, drop_last=False, num_workers=config.workers, collate_fn=_as_list,
-                        pin_memory=device.type == "cuda")
+                        pin_memory=device.type == "cuda", worker_init_fn=leave_stop_signals_to_the_main_process)
     features = np.empty((len(files), config.dims), dtype=np.float32)
     done, failures = 0, []
     with progress(total=len(files), desc=f"fid {label}", quiet=config.quiet) as bar:

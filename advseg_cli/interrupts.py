@@ -60,6 +60,32 @@ def treat_sigterm_as_ctrl_c() -> None:
             signal.signal(signum, _raise_keyboard_interrupt)
 
 
+def leave_stop_signals_to_the_main_process(worker_id: int = 0) -> None:
+    """``worker_init_fn`` of every DataLoader: its decoding workers ignore SIGINT and SIGTERM.
+
+    ``timeout``, SLURM, systemd and Kubernetes signal a job's whole process group, workers included. A torch
+    DataLoader worker dies of a SIGTERM that does not come from its parent, and the main process then fails
+    with "DataLoader worker ... is killed by signal" (a traceback, exit 1, no record, no advice). The main
+    process gets the same signal and stops as documented; it ends its workers itself (they finish the item
+    in hand and leave when it shuts the loader down).
+    """
+    for signum in STOP_SIGNALS:
+        signal.signal(signum, signal.SIG_IGN)
+
+
+def ignore_stop_signals_if_stopping() -> None:
+    """Once a stop signal has stopped the command, ignore further ones while the process ends.
+
+    The interpreter's teardown (threads, torch, atexit) takes a moment after the advice is printed; a SIGTERM
+    then would kill the process by its default action (status -15 instead of the first signal's 130), which
+    breaks "the first signal decides". Only for the real process (``advseg_cli.cli.run``): in process the
+    handlers must be restored for whatever runs next.
+    """
+    if _received and threading.current_thread() is threading.main_thread():
+        for signum in STOP_SIGNALS:
+            signal.signal(signum, signal.SIG_IGN)
+
+
 def received_signals() -> tuple[int, ...]:
     """The stop signals this process received since its command started, in order (a parent passes the
     latest on to the processes it drives)."""

@@ -13,6 +13,7 @@ from typing import Any
 
 from torch.utils.data import DataLoader, Dataset
 
+from advseg_cli.interrupts import leave_stop_signals_to_the_main_process
 from advseg_cli.runrecord import RunRecord
 
 
@@ -24,7 +25,8 @@ def keep_as_is(item: Any) -> Any:
 def iterate_items(dataset: Dataset, workers: int) -> Iterable[Any]:
     """The dataset's items in order, decoded by ``workers`` processes (0: in this process)."""
     return DataLoader(dataset, batch_size=None, shuffle=False, num_workers=workers, collate_fn=keep_as_is,
-                      persistent_workers=False, prefetch_factor=4 if workers else None)
+                      persistent_workers=False, prefetch_factor=4 if workers else None,
+                      worker_init_fn=leave_stop_signals_to_the_main_process)
 
 
 class InlineExecutor:

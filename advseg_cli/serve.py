@@ -23,6 +23,7 @@ import dataclasses
 import os
 import shutil
 import signal
+import sys
 import tempfile
 import threading
 from collections.abc import Iterator
@@ -303,3 +304,6 @@ def serve(model: Path, config: ServeConfig = ServeConfig()) -> None:
         except OSError as error:
             raise AdvsegError(f"--host {config.host} --port {config.port}: cannot listen there ({error}); "
                               "pick another --port") from None
+        except KeyboardInterrupt:  # a stop before Gradio's own wait took it over: end the way that wait does
+            page.close()  # a server has no unfinished work to keep or continue: stopping is its normal end
+            print("advseg serve: stopped; the server is closed", file=sys.stderr, flush=True)

@@ -150,6 +150,26 @@ def test_train_stops_at_a_step_saves_it_and_the_printed_command_ends_bit_equal(
     assert json.loads((tmp_path / "runs" / "cut" / "advseg-run.json").read_text())["status"] == "complete"
 
 
+def test_sigterm_to_the_whole_process_group_stops_train_with_data_workers_at_a_step(
+        train_data: Path, tmp_path: Path) -> None:
+    """``timeout`` and schedulers signal the job's process group: the DataLoader workers got the SIGTERM too,
+    died of it, and the run failed inside its step ("DataLoader worker ... is killed by signal", record
+    "running", no checkpoint where it stopped), as a new user saw. The workers leave it to the main process."""
+    args = ["train", str(train_data), "--name", "group", "--runs-dir", "runs", *TRAIN_ARGS]
+    args[args.index("--workers") + 1] = "2"
+    process = start_advseg(args, tmp_path, own_session=True)
+    wait_until(lambda: metric_rows(tmp_path / "runs" / "group") >= 5, process)
+    os.killpg(process.pid, signal.SIGTERM)
+    _, stderr = process.communicate(timeout=120)
+    assert process.returncode == 143 and "Traceback" not in stderr, stderr
+    record = json.loads((tmp_path / "runs" / "group" / "advseg-run.json").read_text())
+    saved = torch.load(tmp_path / "runs" / "group" / "checkpoints" / "latest.pt", weights_only=True)
+    assert record["status"] == "interrupted" and saved["position"]["step"] == record["counts"]["steps"] < 30
+    resumed = run_advice(stderr, tmp_path)
+    assert resumed.returncode == 0, resumed.stderr
+    assert json.loads((tmp_path / "runs" / "group" / "advseg-run.json").read_text())["status"] == "complete"
+
+
 class LineReader:
     """Collects a process's stderr lines on a thread, so a test can wait for one while the process runs."""
 

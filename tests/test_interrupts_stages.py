@@ -265,3 +265,54 @@ def test_an_interrupted_render_over_a_finished_one_keeps_its_whole_truth_file(
     after = truth_maps(world)
     assert sorted(after) == sorted(before) and len(before) == 10, "the truth file lost maps of a finished world"
     assert all(np.array_equal(after[key], before[key]) for key in before)
+
+
+def test_sigterm_to_the_whole_process_group_stops_colorize_and_its_decoding_workers_cleanly(
+        colorize_inputs: dict[str, Path], tmp_path: Path) -> None:
+    """``timeout`` and batch schedulers signal the job's process group, DataLoader workers included: a torch
+    worker killed by that SIGTERM made the command fail with "DataLoader worker ... is killed by signal"
+    (traceback, exit 1, record "running"). The workers leave the signal to the main process."""
+    from tests.test_interrupts import run_advice, start_advseg, wait_until
+
+    out = tmp_path / "out"
+    args = colorize_args(colorize_inputs, out)
+    args[args.index("--workers") + 1] = "2"  # decoding in two worker processes of the command's group
+    args.remove("--quiet")  # with the progress bar the worker's death showed in every try (without: 1 in 3)
+    process = start_advseg(args, tmp_path, own_session=True)
+    wait_until(lambda: len(list(out.glob("*.png"))) >= 3, process)
+    os.killpg(process.pid, signal.SIGTERM)
+    _, stderr = process.communicate(timeout=120)
+    assert process.returncode == 143 and "Traceback" not in stderr, stderr
+    assert f"continue with: {shlex.join(['advseg', *args])}" in stderr
+    assert json.loads((out / "advseg-run.json").read_text())["status"] == "interrupted"
+    resumed = run_advice(stderr, tmp_path)
+    assert resumed.returncode == 0, resumed.stderr
+    assert len(valid_pngs(out)) == SKETCHES
+
+
+SLOW_TEARDOWN_HOOK = """
+import atexit, time
+atexit.register(time.sleep, 3.0)  # the interpreter's teardown, made long enough to be hit by a signal
+"""
+
+
+def test_a_signal_while_the_stopped_command_ends_does_not_change_its_exit_status(
+        colorize_inputs: dict[str, Path], tmp_path: Path) -> None:
+    """The first signal decides: a SIGTERM after a SIGINT's advice, while the process tears down, used to kill
+    it by the default action (status -15, as the new user who sent them 0.3 s apart saw)."""
+    from tests.test_interrupts import LineReader, start_advseg, wait_until
+
+    hook = tmp_path / "hook"
+    hook.mkdir()
+    (hook / "sitecustomize.py").write_text(SLOW_TEARDOWN_HOOK)
+    out = tmp_path / "out"
+    process = start_advseg(colorize_args(colorize_inputs, out), tmp_path, env={"PYTHONPATH": str(hook)})
+    wait_until(lambda: len(list(out.glob("*.png"))) >= 3, process)
+    reader = LineReader(process.stderr)
+    process.send_signal(signal.SIGINT)
+    wait_until(lambda: any("continue with:" in line for line in reader.lines), process)
+    process.send_signal(signal.SIGTERM)
+    process.wait(timeout=60)
+    stderr = reader.text()
+    assert process.returncode == 130, stderr
+    assert "Traceback" not in stderr and "Exception ignored" not in stderr, stderr

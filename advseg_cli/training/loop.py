@@ -33,8 +33,8 @@ from advseg_cli.errors import (AdvsegError, IncompatibleInputError, TrainingDive
                                WeightsNotFoundError)
 from advseg_cli.files import sha256_file, write_bytes_atomic
 from advseg_cli.images import write_png
-from advseg_cli.interrupts import (StageInterrupted, StopAtStepBoundary, same_command, signals_deferred,
-                                   stop_already_under_way)
+from advseg_cli.interrupts import (StageInterrupted, StopAtStepBoundary, leave_stop_signals_to_the_main_process,
+                                   same_command, signals_deferred, stop_already_under_way)
 from advseg_cli.models.advseg import MODELS, AdvSegModel, build_model, model_config, uses_segmenter
 from advseg_cli.progress import progress
 from advseg_cli.runrecord import FOLDER_RECORD_NAME, RunRecord, read_record, record_path_for
@@ -321,7 +321,8 @@ def make_loader(dataset: SketchPhotoDataset, config: TrainConfig, ddp: Distribut
     indices = list(sampler)[skip_batches * config.batch_size:]
     loader = DataLoader(dataset, batch_size=config.batch_size, sampler=indices, num_workers=config.workers,
                         drop_last=True, pin_memory=torch.cuda.is_available() and config.device != "cpu",
-                        persistent_workers=False, generator=loader_generator(config.seed, epoch, ddp.rank))
+                        persistent_workers=False, generator=loader_generator(config.seed, epoch, ddp.rank),
+                        worker_init_fn=leave_stop_signals_to_the_main_process)
     return iter(loader)
 
 

@@ -154,3 +154,34 @@ def test_no_file_gets_a_message(tmp_path: Path) -> None:
         with pytest.raises(UploadError) as refusal:
             read_upload(nothing, PAGE)
         assert str(refusal.value) == "no file: choose an image to upload first"
+
+
+@requires_hed_weights
+def test_a_stop_before_gradios_own_wait_ends_the_server_as_that_wait_does(tmp_path: Path,
+                                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    """A SIGTERM right after "Running on" (before Gradio's wait loop takes KeyboardInterrupt itself) reached
+    the command line as a stage's interruption: exit 130 and "finished outputs are kept ... continue with",
+    which means nothing for a server (seen by a new user). Now it ends as the wait does: closed, exit 0."""
+    import gradio
+
+    from tests.colorize.kit import save_public, tiny_generator
+
+    model = save_public(tiny_generator("resnet_6blocks", "batch", seed=2), tmp_path / "latest_net_G.pth")
+    closed = []
+
+    def launch_then_stop(self: gradio.Blocks, *args: object, **kwargs: object) -> None:
+        raise KeyboardInterrupt  # what serve's SIGTERM handler raises
+
+    monkeypatch.setattr(gradio.Blocks, "launch", launch_then_stop)
+    monkeypatch.setattr(gradio.Blocks, "close", lambda self, verbose=True: closed.append(self))
+    import signal
+
+    handlers = {signum: signal.getsignal(signum) for signum in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        result = invoke_advseg("serve", str(model), "--device", "cpu", "--port", "7999")
+    finally:
+        for signum, handler in handlers.items():
+            signal.signal(signum, handler)
+    assert result.returncode == 0, result.stderr
+    assert "advseg serve: stopped" in result.stderr and "continue with" not in result.stderr
+    assert len(closed) == 1
