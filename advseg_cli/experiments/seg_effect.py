@@ -585,8 +585,9 @@ def _pass_on(workers: list[Any], signum: int) -> None:
             os.kill(worker.pid, signum)
 
 
-def _stop_pool(futures: list[Any]) -> None:
-    """Stop every run of the pool after a stop signal (or a run's own interruption).
+def _stop_pool(futures: list[Any], cause: str | None = None) -> None:
+    """Stop every run of the pool after a stop signal (or a run's own interruption, or ``cause``: a run's
+    failure, after which the pool's shutdown would otherwise run every queued run before the error shows).
 
     Runs not handed to a worker yet are cancelled (and a worker that was already handed one refuses it);
     each running run gets the signal, finishes its step and saves it; a second signal is passed on too and
@@ -609,8 +610,8 @@ def _stop_pool(futures: list[Any]) -> None:
             running = [future for future in futures if not future.cancel()]
             workers = multiprocessing.active_children()  # the pool's processes: the only children here
             signum = (received_signals() or (signal.SIGTERM,))[-1]
-            print(f"\nseg-effect: {signal.Signals(signum).name}: stopping each running run after its current "
-                  "step (again: at once)", file=sys.stderr, flush=True)
+            print(f"\nseg-effect: {cause or signal.Signals(signum).name}: stopping each running run after its "
+                  "current step (again: at once)", file=sys.stderr, flush=True)
             _pass_on(workers, signum)
         _, left = concurrent.futures.wait(running, timeout=STOP_GRACE_S)
     except KeyboardInterrupt:  # a second signal (the command's own handler raised it)
@@ -653,6 +654,9 @@ def _run_all(out: Path, world: Path, seg_weights: Path, eval_weights: Path, scor
                 say(f"run {done}/{len(runs)} finished: {run_name(*futures[future])}")
         except (KeyboardInterrupt, StageInterrupted):  # a signal here, or in a worker (its run's exception)
             _stop_pool(list(futures))
+            raise
+        except Exception as exc:  # a run failed: stop with its error now, not after every queued run ran
+            _stop_pool(list(futures), cause=f"a run failed ({type(exc).__name__})")
             raise
     return [row for run in runs for row in by_run[run]]
 

@@ -428,3 +428,40 @@ def test_the_results_name_the_machine_their_numbers_depend_on(quick_run: tuple[P
     machine = quick_run[1]["machine"]
     assert machine["cpu_capability"] == torch.backends.cpu.get_cpu_capability() and machine["cpus"] == os.cpu_count()
     assert machine["torch"] == torch.__version__
+
+
+FAILING_COLORIZE_HOOK = """
+from advseg_cli import colorize
+
+def _fail(*args, **kwargs):
+    raise RuntimeError("colorize broke (planted by the test)")
+
+colorize.colorize_folder = _fail
+"""
+
+
+@requires_hed_weights
+def test_a_run_that_fails_in_a_worker_stops_the_experiment_with_its_error_and_starts_no_queued_run(
+        quick_run: tuple[Path, dict, str], tmp_path: Path) -> None:
+    """A run's error used to surface only after the pool's shutdown had run every queued run to its own end
+    (and a signal in that wait printed the advice but left the workers training): seen when a worker failed
+    on an import while the code was edited under a running experiment."""
+    import shutil
+
+    from tests.test_interrupts import start_advseg
+
+    out = tmp_path / "exp"
+    for part in ("world", "seg"):
+        shutil.copytree(quick_run[0] / part, out / part)
+    hook = tmp_path / "hook"
+    hook.mkdir()
+    (hook / "sitecustomize.py").write_text(FAILING_COLORIZE_HOOK)
+    path = os.pathsep.join(filter(None, [str(hook), os.environ.get("PYTHONPATH", "")]))
+    process = start_advseg(["experiment", "seg-effect", "exp", *INTERRUPT_ARGS, "--jobs", "2"], tmp_path,
+                           {"PYTHONPATH": path})
+    _, stderr = process.communicate(timeout=240)
+    assert process.returncode != 0 and "colorize broke" in stderr, stderr
+    started = sorted(p.name for p in (out / "runs").iterdir())
+    assert len(started) == 2, f"a queued run started after the first failure: {started}"
+    assert json.loads((out / "advseg-run.json").read_text())["status"].startswith("failed")
+    assert not pool_workers(children_of(process.pid))
