@@ -10,6 +10,6 @@ from advseg_cli.experiments.seg_effect import BASE_MODES, MODES
 
 def test_the_modes_help_names_every_mode_and_the_default_is_the_presets() -> None:
     option = next(param for param in seg_effect_command.params if param.name == "modes")
-    named = set(re.findall(r"[a-z]+(?:-[a-z]+)?", option.help))
+    named = set(re.findall(r"[a-z]+(?:-[a-z]+)*", option.help))
     assert set(MODES) <= named, sorted(set(MODES) - named)
     assert option.show_default == ",".join(BASE_MODES)
