@@ -272,7 +272,7 @@ def test_sigterm_to_the_whole_process_group_stops_colorize_and_its_decoding_work
     """``timeout`` and batch schedulers signal the job's process group, DataLoader workers included: a torch
     worker killed by that SIGTERM made the command fail with "DataLoader worker ... is killed by signal"
     (traceback, exit 1, record "running"). The workers leave the signal to the main process."""
-    from tests.test_interrupts import run_advice, start_advseg, wait_until
+    from tests.test_interrupts import start_advseg, wait_until
 
     out = tmp_path / "out"
     args = colorize_args(colorize_inputs, out)
@@ -285,9 +285,7 @@ def test_sigterm_to_the_whole_process_group_stops_colorize_and_its_decoding_work
     assert process.returncode == 143 and "Traceback" not in stderr, stderr
     assert f"continue with: {shlex.join(['advseg', *args])}" in stderr
     assert json.loads((out / "advseg-run.json").read_text())["status"] == "interrupted"
-    resumed = run_advice(stderr, tmp_path)
-    assert resumed.returncode == 0, resumed.stderr
-    assert len(valid_pngs(out)) == SKETCHES
+    assert 3 <= len(valid_pngs(out)) < SKETCHES  # (the printed command's continuation: the test above)
 
 
 SLOW_TEARDOWN_HOOK = """
