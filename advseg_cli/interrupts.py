@@ -69,8 +69,7 @@ def leave_stop_signals_to_the_main_process(worker_id: int = 0) -> None:
     process gets the same signal and stops as documented; it ends its workers itself (they finish the item
     in hand and leave when it shuts the loader down).
     """
-    for signum in STOP_SIGNALS:
-        signal.signal(signum, signal.SIG_IGN)
+    _ignore_stop_signals()
 
 
 def ignore_stop_signals_if_stopping() -> None:
@@ -82,8 +81,12 @@ def ignore_stop_signals_if_stopping() -> None:
     handlers must be restored for whatever runs next.
     """
     if _received and threading.current_thread() is threading.main_thread():
-        for signum in STOP_SIGNALS:
-            signal.signal(signum, signal.SIG_IGN)
+        _ignore_stop_signals()
+
+
+def _ignore_stop_signals() -> None:
+    for signum in STOP_SIGNALS:
+        signal.signal(signum, signal.SIG_IGN)
 
 
 def received_signals() -> tuple[int, ...]:

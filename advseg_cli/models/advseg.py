@@ -454,12 +454,17 @@ class AdvSegModel(nn.Module):
         ``--seg-features`` D_M's input is Seg's projected features instead (differentiable likewise)."""
         if not self.seg_kinds:
             return {}
-        map_kinds = tuple(kind for kind in self.seg_kinds if not (kind == "multi" and self.config.seg_features))
+        map_kinds = self._class_map_kinds
         maps = self._fake_class_maps(fake_B, map_kinds) if map_kinds else {}
         if len(map_kinds) < len(self.seg_kinds):
             with torch.set_grad_enabled(self.config.seg_grad == "soft" and torch.is_grad_enabled()):
                 maps["multi"] = self.projected_features(fake_B)
         return {kind: maps[kind].to(fake_B.dtype) for kind in self.seg_kinds}
+
+    @property
+    def _class_map_kinds(self) -> tuple[str, ...]:
+        """The segmentation discriminators that judge class maps (D_M judges features with --seg-features)."""
+        return tuple(kind for kind in self.seg_kinds if not (kind == "multi" and self.config.seg_features))
 
     def _fake_class_maps(self, fake_B: Tensor, kinds: tuple[str, ...]) -> dict[str, Tensor]:
         """The class maps (multi: [N,135,H,W], binary: [N,3,H,W]) of ``kinds`` as ``seg_grad`` makes them."""
@@ -489,7 +494,7 @@ class AdvSegModel(nn.Module):
         if not self.seg_kinds:
             return {}
         maps: dict[str, Tensor] = {}
-        map_kinds = tuple(kind for kind in self.seg_kinds if not (kind == "multi" and self.config.seg_features))
+        map_kinds = self._class_map_kinds
         if len(map_kinds) < len(self.seg_kinds):
             with torch.no_grad():
                 maps["multi"] = self.projected_features(batch["real_B"])
